@@ -110,7 +110,9 @@ impl UpstreamUrl {
         } else if let Some(r) = s.strip_prefix("https://") {
             (true, r)
         } else {
-            return Err(format!("upstream url {s:?} must start with http:// or https://"));
+            return Err(format!(
+                "upstream url {s:?} must start with http:// or https://"
+            ));
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -120,10 +122,14 @@ impl UpstreamUrl {
             return Err(format!("upstream url {s:?} has no host"));
         }
         if authority.contains('@') {
-            return Err(format!("upstream url {s:?}: credentials in the url are not supported"));
+            return Err(format!(
+                "upstream url {s:?}: credentials in the url are not supported"
+            ));
         }
         if path.contains('?') || path.contains('#') {
-            return Err(format!("upstream url {s:?}: query and fragment are not allowed"));
+            return Err(format!(
+                "upstream url {s:?}: query and fragment are not allowed"
+            ));
         }
         let default_port = if tls { 443 } else { 80 };
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
@@ -392,4 +398,31 @@ impl Config {
             drain_timeout: Duration::from_secs(30),
         }
     }
+}
+
+/// Arguments of `chunkgate serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Upstream URL (`http://` or `https://`, optional path prefix); may repeat.
+    #[arg(long)]
+    pub upstream: Vec<String>,
+}
+
+/// Arguments of `chunkgate check-config`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CheckConfigArgs {
+    /// The TOML file to check.
+    pub file: PathBuf,
+}
+
+/// `chunkgate check-config`.
+pub fn check_config_main(args: CheckConfigArgs) -> std::process::ExitCode {
+    eprintln!(
+        "check-config {}: not available in this build",
+        args.file.display()
+    );
+    std::process::ExitCode::FAILURE
 }

@@ -5,4 +5,12 @@
 //! complete, whatever TCP did to the bytes on the way. A read that stops in the middle of a
 //! chunk never reaches the next hop as part of a UTF-8 character, a JSON object or an SSE event.
 
+pub mod admin;
 pub mod codec;
+pub mod config;
+pub mod harness;
+pub mod loadgen;
+pub mod logging;
+pub mod metrics;
+pub mod proxy;
+pub mod upstream;

@@ -581,9 +581,7 @@ impl ChunkedDecoder {
                     None => match b {
                         b';' => Line::ExtNameStart,
                         b' ' | b'\t' => Line::WsBeforeSemi,
-                        _ => {
-                            return Err(self.err(DecodeErrorKind::InvalidSizeByte { found: b }, i))
-                        }
+                        _ => return Err(self.err(DecodeErrorKind::InvalidSizeByte { found: b }, i)),
                     },
                 },
                 Line::WsBeforeSemi => match b {
@@ -683,7 +681,10 @@ impl ChunkedDecoder {
             if body_len > limit {
                 // Point at the start of the size line that crossed the limit.
                 let at = self.consumed - len as u64 - 2;
-                return Err(DecodeError::new(DecodeErrorKind::BodyTooLarge { limit }, at));
+                return Err(DecodeError::new(
+                    DecodeErrorKind::BodyTooLarge { limit },
+                    at,
+                ));
             }
         }
         self.body_len = body_len;
@@ -893,7 +894,10 @@ type FieldSpans = (std::ops::Range<usize>, std::ops::Range<usize>);
 /// Validate one trailer line (CRLF excluded) as `token ":" OWS value OWS`; return the name and
 /// trimmed value spans, or the fault and its offset within the line.
 fn parse_field_line(line: &[u8]) -> Result<FieldSpans, (DecodeErrorKind, usize)> {
-    let name_end = line.iter().position(|&b| !is_tchar(b)).unwrap_or(line.len());
+    let name_end = line
+        .iter()
+        .position(|&b| !is_tchar(b))
+        .unwrap_or(line.len());
     if name_end == 0 {
         let found = line.first().copied().unwrap_or(b'\r');
         return Err((DecodeErrorKind::InvalidTrailer { found }, 0));
@@ -973,7 +977,11 @@ impl SizeLine {
 
 impl fmt::Debug for SizeLine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SizeLine({:?})", String::from_utf8_lossy(self.as_bytes()))
+        write!(
+            f,
+            "SizeLine({:?})",
+            String::from_utf8_lossy(self.as_bytes())
+        )
     }
 }
 
@@ -1137,7 +1145,10 @@ mod tests {
         let k = kind_with(b"ffffffffffffffff\r\n", limits);
         assert!(matches!(k, DecodeErrorKind::ChunkTooLarge { .. }), "{k:?}");
         assert_eq!(
-            kind_with(b"10000000000000000\r\n", Limits::default().max_chunk_size(0)),
+            kind_with(
+                b"10000000000000000\r\n",
+                Limits::default().max_chunk_size(0)
+            ),
             DecodeErrorKind::ChunkTooLarge { size: 1, limit: 0 }
         );
         let mut big = Limits::default();
@@ -1282,7 +1293,10 @@ mod tests {
             vec![data("abcd"), Frame::End]
         );
         let e = decode_all(b"5\r\n", limits).unwrap_err();
-        assert_eq!(e.kind(), DecodeErrorKind::ChunkTooLarge { size: 5, limit: 4 });
+        assert_eq!(
+            e.kind(),
+            DecodeErrorKind::ChunkTooLarge { size: 5, limit: 4 }
+        );
         assert!(e.is_too_large());
     }
 
@@ -1495,7 +1509,11 @@ mod tests {
         let Some(Frame::Data(d)) = dec.decode(&mut buf).unwrap() else {
             panic!("expected data")
         };
-        assert_eq!(d.as_ptr() as usize, base + 3, "payload points into the read buffer");
+        assert_eq!(
+            d.as_ptr() as usize,
+            base + 3,
+            "payload points into the read buffer"
+        );
     }
 
     #[test]
@@ -1575,6 +1593,9 @@ mod tests {
     #[test]
     fn decode_error_from_io() {
         let e = DecodeError::from(io::Error::from(io::ErrorKind::ConnectionReset));
-        assert_eq!(e.kind(), DecodeErrorKind::Io(io::ErrorKind::ConnectionReset));
+        assert_eq!(
+            e.kind(),
+            DecodeErrorKind::Io(io::ErrorKind::ConnectionReset)
+        );
     }
 }

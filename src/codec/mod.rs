@@ -3,3 +3,5 @@
 //! Nothing here touches a socket, a clock or a task; the async code elsewhere drives it.
 
 pub mod chunked;
+pub mod framing;
+pub mod head;

@@ -1,0 +1,1 @@
+//! How a message body is delimited (RFC 9112 §6.3).

@@ -1,0 +1,1 @@
+//! Log setup (tracing) and the access log.
