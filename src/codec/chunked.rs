@@ -786,7 +786,9 @@ impl Decoder for ChunkedDecoder {
                 State::Data { size } => {
                     let need = size + 2;
                     if buf.len() < need {
-                        buf.reserve(need - buf.len());
+                        buf.reserve(
+                            (need - buf.len()).min(Limits::DEFAULT_MAX_CHUNK_SIZE as usize),
+                        );
                         self.waited = true;
                         return Ok(None);
                     }
@@ -1151,8 +1153,11 @@ mod tests {
             ),
             DecodeErrorKind::ChunkTooLarge { size: 1, limit: 0 }
         );
-        let mut big = Limits::default();
-        big.max_chunk_size = u64::MAX; // bypass the clamp to reach the digit check
+        // Bypass the clamp to reach the digit check.
+        let big = Limits {
+            max_chunk_size: u64::MAX,
+            ..Limits::default()
+        };
         assert_eq!(
             kind_with(b"10000000000000000\r\n", big),
             DecodeErrorKind::SizeOverflow
