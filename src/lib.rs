@@ -13,4 +13,5 @@ pub mod loadgen;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod tls_server;
 pub mod upstream;

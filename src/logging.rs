@@ -1,1 +1,234 @@
-//! Log setup (tracing) and the access log.
+//! Logging: `tracing` output set up once per process, and the access log.
+//!
+//! [`init`] installs a `tracing-subscriber` formatter (human-readable `pretty` lines or one
+//! JSON object per line) behind a non-blocking writer, so a slow terminal or log pipe never
+//! stalls a connection task: when the writer falls more than
+//! [`LOG_BUFFER_LINES`] lines behind, lines are dropped rather than waited for.
+//!
+//! [`access_log`] writes one event per exchange with target `access`. It carries ids, sizes,
+//! timings and the outcome, never a body, a credential header or an injected header value:
+//! the record has no field that could hold them.
+
+use std::fmt;
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Lines the non-blocking log writer buffers before it starts dropping.
+pub const LOG_BUFFER_LINES: usize = 128 * 1024;
+
+/// Keeps the background log writer alive; dropping it flushes what is buffered.
+#[must_use = "dropping the guard stops the log writer"]
+pub struct LogGuard {
+    _worker: Option<tracing_appender::non_blocking::WorkerGuard>,
+}
+
+impl fmt::Debug for LogGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogGuard").finish_non_exhaustive()
+    }
+}
+
+/// The filter in effect: `RUST_LOG` when it is set, non-empty and valid, otherwise
+/// `cfg.filter`; with `access=off` added when the access log is turned off.
+pub fn build_filter(cfg: &LogConfig, rust_log: Option<&str>) -> EnvFilter {
+    let base = rust_log
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .and_then(|s| EnvFilter::builder().parse(s).ok().map(|_| s.to_string()))
+        .unwrap_or_else(|| cfg.filter.clone());
+    let text = if cfg.access_log {
+        base
+    } else {
+        format!("{base},access=off")
+    };
+    EnvFilter::builder()
+        .parse(&text)
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+/// Install the global subscriber: format from `cfg.format`, filter from `cfg.filter` (or
+/// `RUST_LOG`, which overrides it), output to standard output through a non-blocking writer.
+/// Calling it again when a subscriber is already installed changes nothing and returns an
+/// inert guard.
+pub fn init(cfg: &LogConfig) -> LogGuard {
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = build_filter(cfg, rust_log.as_deref());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .lossy(true)
+        .thread_name("chunkgate-log")
+        .finish(std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    let installed = match cfg.format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Pretty => builder
+            .with_ansi(std::io::stdout().is_terminal())
+            .try_init(),
+    };
+    LogGuard {
+        _worker: installed.is_ok().then_some(guard),
+    }
+}
+
+/// How an exchange ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The response was delivered whole.
+    Complete,
+    /// The client went away (closed, reset, or stopped reading past the write-stall timeout).
+    ClientGone,
+    /// The upstream broke the response after it had started (reset, bad framing, early close);
+    /// the client connection was closed without a clean end.
+    UpstreamBroke,
+    /// No usable response from the upstream before anything was sent (connect failure,
+    /// broken head, breaker open); the client got an error answer.
+    UpstreamError,
+    /// A timeout fired; the value names which (`connect`, `response_head`, `stream_idle` ...).
+    Timeout(&'static str),
+    /// chunkgate refused the exchange; the value is the reason (`unauthorized`, `head_too_large` ...).
+    Rejected(&'static str),
+    /// Cut by shutdown after the drain deadline.
+    Shutdown,
+}
+
+impl Outcome {
+    /// A label for metrics: the variant name without its detail (`timeout`, not `timeout:connect`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Complete => "complete",
+            Outcome::ClientGone => "client_gone",
+            Outcome::UpstreamBroke => "upstream_broke",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::Timeout(_) => "timeout",
+            Outcome::Rejected(_) => "rejected",
+            Outcome::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Timeout(kind) => write!(f, "timeout:{kind}"),
+            Outcome::Rejected(reason) => write!(f, "rejected:{reason}"),
+            other => f.write_str(other.label()),
+        }
+    }
+}
+
+/// Everything the access log and the exchange metrics know about one exchange.
+///
+/// "In" is what the client sent (request body), "out" is what the client was sent (response
+/// body). Bytes are body payload bytes, not counting framing.
+#[derive(Debug, Clone)]
+pub struct ExchangeRecord {
+    /// The request id (also sent upstream as `x-request-id`).
+    pub request_id: String,
+    /// Request method.
+    pub method: String,
+    /// Request path, without the query string (which may hold keys).
+    pub path: String,
+    /// The matched route's prefix, or `-` when none matched.
+    pub route: Arc<str>,
+    /// The upstream that answered (last attempt), or `-` when none was reached.
+    pub upstream: Arc<str>,
+    /// Status sent to the client, 0 when no response head was sent.
+    pub status: u16,
+    /// Request body payload bytes read from the client.
+    pub bytes_in: u64,
+    /// Response body payload bytes written to the client.
+    pub bytes_out: u64,
+    /// Request chunks forwarded.
+    pub chunks_in: u64,
+    /// Response chunks forwarded.
+    pub chunks_out: u64,
+    /// Chunks (either direction) that arrived split over several reads.
+    pub reassembled: u64,
+    /// Time from the request being sent upstream to the response head.
+    pub ttfb: Option<Duration>,
+    /// Time from the request being sent upstream to the first complete response chunk.
+    pub ttfc: Option<Duration>,
+    /// Whole exchange, from the request head to the end.
+    pub duration: Duration,
+    /// Retried attempts (0 when the first attempt answered).
+    pub retries: u32,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+/// Write the access-log event for one exchange: target `access`, level INFO, message
+/// `exchange`, fields `request_id method path route upstream status bytes_in bytes_out
+/// chunks_in chunks_out reassembled ttfb_ms ttfc_ms duration_ms retries outcome`
+/// (`ttfb_ms`/`ttfc_ms` absent when there was none). A query string left in `path` is cut off.
+pub fn access_log(rec: &ExchangeRecord) {
+    let path = rec.path.split(['?', '#']).next().unwrap_or("");
+    tracing::info!(
+        target: "access",
+        request_id = %rec.request_id,
+        method = %rec.method,
+        path = %path,
+        route = %rec.route,
+        upstream = %rec.upstream,
+        status = rec.status,
+        bytes_in = rec.bytes_in,
+        bytes_out = rec.bytes_out,
+        chunks_in = rec.chunks_in,
+        chunks_out = rec.chunks_out,
+        reassembled = rec.reassembled,
+        ttfb_ms = rec.ttfb.map(millis),
+        ttfc_ms = rec.ttfc.map(millis),
+        duration_ms = millis(rec.duration),
+        retries = rec.retries,
+        outcome = %rec.outcome,
+        "exchange"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_filter_prefers_valid_rust_log() {
+        let cfg = LogConfig::default();
+        assert_eq!(build_filter(&cfg, Some("debug")).to_string(), "debug");
+        assert_eq!(build_filter(&cfg, Some("")).to_string(), "info");
+        assert_eq!(build_filter(&cfg, Some("=[")).to_string(), "info");
+    }
+
+    #[test]
+    fn build_filter_turns_access_off() {
+        let cfg = LogConfig {
+            access_log: false,
+            ..LogConfig::default()
+        };
+        let f = build_filter(&cfg, None).to_string();
+        assert!(f.contains("access=off"), "{f}");
+    }
+
+    #[test]
+    fn outcome_display_names_the_timeout() {
+        assert_eq!(
+            Outcome::Timeout("stream_idle").to_string(),
+            "timeout:stream_idle"
+        );
+        assert_eq!(Outcome::Timeout("stream_idle").label(), "timeout");
+        assert_eq!(Outcome::ClientGone.to_string(), "client_gone");
+    }
+}

@@ -1,1 +1,619 @@
-//! Prometheus metrics.
+//! Prometheus metrics: what the admin listener's `/metrics` exposes.
+//!
+//! One [`Metrics`] is shared (in an `Arc`) by every connection task. The per-chunk calls
+//! ([`Metrics::chunk_forwarded`], [`Metrics::chunk_reassembled`], [`Metrics::inter_chunk_gap`])
+//! touch only counters and histograms resolved when `Metrics` is built: no label lookup and no
+//! allocation per chunk. Labelled series (by route, upstream, reason) are updated once per
+//! exchange or per event.
+//!
+//! ```
+//! use chunkgate::metrics::{Direction, Metrics};
+//! let m = Metrics::new();
+//! m.chunk_forwarded(Direction::Response, 42);
+//! assert!(m.encode().contains("chunkgate_chunks_total{direction=\"response\"} 1"));
+//! ```
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+
+use crate::logging::ExchangeRecord;
+
+/// Which body a chunk belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Client to upstream.
+    Request,
+    /// Upstream to client.
+    Response,
+}
+
+impl Direction {
+    /// The `direction` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Request => "request",
+            Direction::Response => "response",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabel {
+    direction: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    upstream: String,
+    status_class: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabel {
+    upstream: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
+
+/// A pair of series, one per [`Direction`], resolved once.
+#[derive(Debug, Clone)]
+struct PerDirection<M> {
+    request: M,
+    response: M,
+}
+
+impl<M: Clone> PerDirection<M> {
+    fn resolve<C>(family: &Family<DirectionLabel, M, C>) -> Self
+    where
+        C: prometheus_client::metrics::family::MetricConstructor<M>,
+    {
+        let get = |d: Direction| {
+            family
+                .get_or_create(&DirectionLabel {
+                    direction: d.as_str(),
+                })
+                .clone()
+        };
+        PerDirection {
+            request: get(Direction::Request),
+            response: get(Direction::Response),
+        }
+    }
+
+    fn get(&self, d: Direction) -> &M {
+        match d {
+            Direction::Request => &self.request,
+            Direction::Response => &self.response,
+        }
+    }
+}
+
+/// Histogram buckets for upstream waits (seconds): 5 ms to 5 min.
+const WAIT_BUCKETS: [f64; 15] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+/// Histogram buckets for gaps between chunks (seconds): 0.5 ms to 1 min.
+const GAP_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+/// Histogram buckets for whole exchanges (seconds): 10 ms to 30 min.
+const DURATION_BUCKETS: [f64; 16] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+];
+/// Histogram buckets for chunk payload sizes (bytes): 16 B to 16 MiB, powers of 4.
+const SIZE_BUCKETS: [f64; 11] = [
+    16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
+];
+
+/// A histogram whose observation is two relaxed atomic adds: no lock, no allocation.
+///
+/// Values are recorded as integers of an internal unit (bytes, nanoseconds) and exported
+/// multiplied by `scale` (1 for bytes, 1e-9 for seconds). Bucket bounds are inclusive, as
+/// Prometheus' `le` says. Under concurrent updates a scrape may see an observation in its
+/// bucket but not yet in `_sum`; counts and buckets are always consistent with each other
+/// because `_count` is computed from the buckets.
+#[derive(Clone)]
+struct AtomicHistogram {
+    inner: Arc<AtomicHistogramInner>,
+}
+
+struct AtomicHistogramInner {
+    /// Upper bounds as exported.
+    bounds: &'static [f64],
+    /// Upper bounds in internal units.
+    unit_bounds: Box<[u64]>,
+    /// Exported value of one internal unit.
+    scale: f64,
+    /// One counter per bound, plus the overflow bucket (`+Inf`) last.
+    buckets: Box<[AtomicU64]>,
+    /// Sum of observations in internal units.
+    sum: AtomicU64,
+}
+
+impl AtomicHistogram {
+    fn new(bounds: &'static [f64], scale: f64) -> Self {
+        let unit_bounds = bounds.iter().map(|b| (b / scale).round() as u64).collect();
+        let buckets = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
+        AtomicHistogram {
+            inner: Arc::new(AtomicHistogramInner {
+                bounds,
+                unit_bounds,
+                scale,
+                buckets,
+                sum: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    fn seconds(bounds: &'static [f64]) -> Self {
+        Self::new(bounds, 1e-9)
+    }
+
+    fn bytes(bounds: &'static [f64]) -> Self {
+        Self::new(bounds, 1.0)
+    }
+
+    fn observe_units(&self, v: u64) {
+        let inner = &*self.inner;
+        let i = inner
+            .unit_bounds
+            .iter()
+            .position(|&b| v <= b)
+            .unwrap_or(inner.unit_bounds.len());
+        if let Some(bucket) = inner.buckets.get(i) {
+            bucket.fetch_add(1, Ordering::Relaxed);
+        }
+        inner.sum.fetch_add(v, Ordering::Relaxed);
+    }
+
+    fn observe_duration(&self, d: Duration) {
+        self.observe_units(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    }
+}
+
+impl std::fmt::Debug for AtomicHistogram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AtomicHistogram")
+            .field("bounds", &self.inner.bounds)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TypedMetric for AtomicHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for AtomicHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let inner = &*self.inner;
+        let mut buckets: Vec<(f64, u64)> = Vec::with_capacity(inner.buckets.len());
+        let mut count = 0u64;
+        for (i, b) in inner.buckets.iter().enumerate() {
+            let n = b.load(Ordering::Relaxed);
+            count = count.wrapping_add(n);
+            // The encoder writes f64::MAX as `+Inf`.
+            let bound = inner.bounds.get(i).copied().unwrap_or(f64::MAX);
+            buckets.push((bound, n));
+        }
+        let sum = inner.sum.load(Ordering::Relaxed) as f64 * inner.scale;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// Every series chunkgate exports, with the registry that encodes them.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    exchanges: Family<OutcomeLabel, Counter>,
+    connections_active: Gauge,
+    connections_total: Counter,
+    streams_active: Gauge,
+    streams_total: Counter,
+    body_bytes: PerDirection<Counter>,
+    chunks: PerDirection<Counter>,
+    reassembled: PerDirection<Counter>,
+    chunk_size: PerDirection<AtomicHistogram>,
+    ttfb: AtomicHistogram,
+    ttfc: AtomicHistogram,
+    gap: AtomicHistogram,
+    duration: AtomicHistogram,
+    retries: Family<UpstreamLabel, Counter>,
+    breaker: Family<UpstreamLabel, Gauge>,
+    rejections: Family<ReasonLabel, Counter>,
+    timeouts: Family<KindLabel, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Build and register every series (all prefixed `chunkgate_`).
+    pub fn new() -> Metrics {
+        let mut root = Registry::default();
+        let r = root.sub_registry_with_prefix("chunkgate");
+
+        let build_info = Family::<VersionLabel, Gauge>::default();
+        build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        r.register("build_info", "Build information; always 1", build_info);
+
+        let requests = Family::<RequestLabels, Counter>::default();
+        r.register(
+            "requests",
+            "Finished exchanges by route, upstream and response status class",
+            requests.clone(),
+        );
+        let exchanges = Family::<OutcomeLabel, Counter>::default();
+        r.register(
+            "exchanges",
+            "Finished exchanges by how they ended",
+            exchanges.clone(),
+        );
+        let connections_active = Gauge::default();
+        r.register(
+            "connections_active",
+            "Client connections open now",
+            connections_active.clone(),
+        );
+        let connections_total = Counter::default();
+        r.register(
+            "connections",
+            "Client connections accepted",
+            connections_total.clone(),
+        );
+        let streams_active = Gauge::default();
+        r.register(
+            "streams_active",
+            "Exchanges in flight now",
+            streams_active.clone(),
+        );
+        let streams_total = Counter::default();
+        r.register("streams", "Exchanges started", streams_total.clone());
+
+        let body_bytes = Family::<DirectionLabel, Counter>::default();
+        r.register(
+            "body_bytes",
+            "Body payload bytes of finished exchanges (request: read from clients; response: written to clients)",
+            body_bytes.clone(),
+        );
+        let chunks = Family::<DirectionLabel, Counter>::default();
+        r.register(
+            "chunks",
+            "Chunks forwarded, one out for one in",
+            chunks.clone(),
+        );
+        let reassembled = Family::<DirectionLabel, Counter>::default();
+        r.register(
+            "chunks_reassembled",
+            "Chunks that arrived split over several reads and were forwarded whole",
+            reassembled.clone(),
+        );
+        let chunk_size = Family::<DirectionLabel, AtomicHistogram, _>::new_with_constructor(|| {
+            AtomicHistogram::bytes(&SIZE_BUCKETS)
+        });
+        r.register(
+            "chunk_size_bytes",
+            "Payload size of forwarded chunks",
+            chunk_size.clone(),
+        );
+
+        let ttfb = AtomicHistogram::seconds(&WAIT_BUCKETS);
+        r.register(
+            "upstream_ttfb_seconds",
+            "Time from sending the request to the upstream response head",
+            ttfb.clone(),
+        );
+        let ttfc = AtomicHistogram::seconds(&WAIT_BUCKETS);
+        r.register(
+            "upstream_ttfc_seconds",
+            "Time from sending the request to the first complete response chunk",
+            ttfc.clone(),
+        );
+        let gap = AtomicHistogram::seconds(&GAP_BUCKETS);
+        r.register(
+            "inter_chunk_gap_seconds",
+            "Time between two consecutive response chunks",
+            gap.clone(),
+        );
+        let duration = AtomicHistogram::seconds(&DURATION_BUCKETS);
+        r.register(
+            "exchange_duration_seconds",
+            "Whole exchange, from the request head to the end of the response",
+            duration.clone(),
+        );
+
+        let retries = Family::<UpstreamLabel, Counter>::default();
+        r.register(
+            "retries",
+            "Retried attempts, by the upstream that failed",
+            retries.clone(),
+        );
+        let breaker = Family::<UpstreamLabel, Gauge>::default();
+        r.register(
+            "breaker_state",
+            "Circuit breaker state per upstream: 0 closed, 1 open, 2 half-open",
+            breaker.clone(),
+        );
+        let rejections = Family::<ReasonLabel, Counter>::default();
+        r.register(
+            "rejections",
+            "Requests or responses refused, by reason",
+            rejections.clone(),
+        );
+        let timeouts = Family::<KindLabel, Counter>::default();
+        r.register("timeouts", "Timeouts that fired, by kind", timeouts.clone());
+
+        Metrics {
+            registry: root,
+            requests,
+            exchanges,
+            connections_active,
+            connections_total,
+            streams_active,
+            streams_total,
+            body_bytes: PerDirection::resolve(&body_bytes),
+            chunks: PerDirection::resolve(&chunks),
+            reassembled: PerDirection::resolve(&reassembled),
+            chunk_size: PerDirection::resolve(&chunk_size),
+            ttfb,
+            ttfc,
+            gap,
+            duration,
+            retries,
+            breaker,
+            rejections,
+            timeouts,
+        }
+    }
+
+    /// Prometheus text exposition format 0.0.4 (`text/plain; version=0.0.4`): counters are
+    /// typed under their `_total` name and the OpenMetrics-only lines are left out.
+    pub fn encode(&self) -> String {
+        to_prometheus_text(&self.encode_openmetrics())
+    }
+
+    /// OpenMetrics text format 1.0 (`application/openmetrics-text; version=1.0.0`), ending in
+    /// `# EOF`.
+    pub fn encode_openmetrics(&self) -> String {
+        let mut out = String::with_capacity(16 << 10);
+        // Writing into a String cannot fail; an encoder error would only mean a bad label,
+        // and every label here is built by this module.
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+            out.push_str("# EOF\n");
+        }
+        out
+    }
+
+    /// A chunk of `size` payload bytes was forwarded. Hot path: three relaxed atomic adds.
+    pub fn chunk_forwarded(&self, dir: Direction, size: usize) {
+        self.chunks.get(dir).inc();
+        self.chunk_size
+            .get(dir)
+            .observe_units(u64::try_from(size).unwrap_or(u64::MAX));
+    }
+
+    /// A forwarded chunk had arrived split over more than one read.
+    pub fn chunk_reassembled(&self, dir: Direction) {
+        self.reassembled.get(dir).inc();
+    }
+
+    /// Time between two consecutive response chunks.
+    pub fn inter_chunk_gap(&self, d: Duration) {
+        self.gap.observe_duration(d);
+    }
+
+    /// A client connection was accepted.
+    pub fn connection_opened(&self) {
+        self.connections_total.inc();
+        self.connections_active.inc();
+    }
+
+    /// A client connection closed.
+    pub fn connection_closed(&self) {
+        self.connections_active.dec();
+    }
+
+    /// An exchange started (request head parsed).
+    pub fn stream_started(&self) {
+        self.streams_total.inc();
+        self.streams_active.inc();
+    }
+
+    /// An exchange ended, however it ended.
+    pub fn stream_ended(&self) {
+        self.streams_active.dec();
+    }
+
+    /// Something was refused; `reason` is a short snake_case name (`head_too_large`, `unauthorized`).
+    pub fn rejected(&self, reason: &'static str) {
+        self.rejections.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// A timeout fired; `kind` names it (`connect`, `response_head`, `stream_idle` ...).
+    pub fn timeout(&self, kind: &'static str) {
+        self.timeouts.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// An attempt on `upstream` failed and the request is retried.
+    pub fn retry(&self, upstream: &str) {
+        self.retries
+            .get_or_create(&UpstreamLabel {
+                upstream: upstream.to_string(),
+            })
+            .inc();
+    }
+
+    /// The breaker of `upstream` is now in `state`: 0 closed, 1 open, 2 half-open.
+    pub fn breaker_state(&self, upstream: &str, state: u8) {
+        self.breaker
+            .get_or_create(&UpstreamLabel {
+                upstream: upstream.to_string(),
+            })
+            .set(i64::from(state));
+    }
+
+    /// An exchange finished: counts it by route, upstream and status class and by outcome,
+    /// adds its body bytes, and observes its time to first byte, time to first chunk and
+    /// duration.
+    pub fn exchange_done(&self, rec: &ExchangeRecord) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: rec.route.to_string(),
+                upstream: rec.upstream.to_string(),
+                status_class: status_class(rec.status),
+            })
+            .inc();
+        self.exchanges
+            .get_or_create(&OutcomeLabel {
+                outcome: rec.outcome.label(),
+            })
+            .inc();
+        self.body_bytes.request.inc_by(rec.bytes_in);
+        self.body_bytes.response.inc_by(rec.bytes_out);
+        if let Some(t) = rec.ttfb {
+            self.ttfb.observe_duration(t);
+        }
+        if let Some(t) = rec.ttfc {
+            self.ttfc.observe_duration(t);
+        }
+        self.duration.observe_duration(rec.duration);
+    }
+}
+
+/// `1xx` ... `5xx`, or `none` when no response status was sent.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "none",
+    }
+}
+
+/// Rewrite OpenMetrics text into the Prometheus 0.0.4 text format: counter metadata named
+/// with the `_total` suffix their samples carry, no `# UNIT` and no `# EOF`.
+fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = line
+            .strip_prefix("# TYPE ")
+            .map(|r| ("# TYPE ", r))
+            .or_else(|| line.strip_prefix("# HELP ").map(|r| ("# HELP ", r)));
+        if let Some((tag, rest)) = meta {
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            if counters.contains(name) {
+                out.push_str(tag);
+                out.push_str(name);
+                out.push_str("_total ");
+                out.push_str(tail);
+                out.push('\n');
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_histogram_buckets_are_inclusive_and_cumulative() {
+        let m = Metrics::new();
+        m.inter_chunk_gap(Duration::from_millis(10));
+        m.inter_chunk_gap(Duration::from_millis(11));
+        m.inter_chunk_gap(Duration::from_secs(3600));
+        let text = m.encode();
+        assert!(
+            text.contains("chunkgate_inter_chunk_gap_seconds_bucket{le=\"0.01\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("chunkgate_inter_chunk_gap_seconds_bucket{le=\"0.025\"} 2\n"));
+        assert!(text.contains("chunkgate_inter_chunk_gap_seconds_bucket{le=\"60.0\"} 2\n"));
+        assert!(text.contains("chunkgate_inter_chunk_gap_seconds_bucket{le=\"+Inf\"} 3\n"));
+        assert!(text.contains("chunkgate_inter_chunk_gap_seconds_count 3\n"));
+        assert!(
+            text.contains("chunkgate_inter_chunk_gap_seconds_sum 3600.021\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn encode_types_counters_under_their_total_name() {
+        let m = Metrics::new();
+        m.rejected("head_too_large");
+        let text = m.encode();
+        assert!(
+            text.contains("# TYPE chunkgate_rejections_total counter\n"),
+            "{text}"
+        );
+        assert!(text.contains("chunkgate_rejections_total{reason=\"head_too_large\"} 1\n"));
+        assert!(!text.contains("# EOF"));
+        assert!(m.encode_openmetrics().ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn status_class_buckets() {
+        assert_eq!(status_class(200), "2xx");
+        assert_eq!(status_class(503), "5xx");
+        assert_eq!(status_class(0), "none");
+    }
+}
