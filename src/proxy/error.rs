@@ -1,0 +1,301 @@
+//! Errors of one exchange, who caused them, and the HTTP answer each one gets.
+//!
+//! [`ExchangeError::answer`] is the one place that maps a failure to a status code. Answers carry
+//! an OpenAI-style JSON body (`{"error":{"message":..,"type":..,"code":..}}`) so SDKs show the
+//! cause. A failure after the response head went out is never answered: the client connection is
+//! closed without the terminating chunk instead.
+
+use std::fmt;
+use std::io;
+
+use bytes::{BufMut, BytesMut};
+
+use crate::codec::chunked::DecodeError;
+use crate::codec::framing::FramingError;
+use crate::codec::head::HeadError;
+use crate::upstream::connect::ConnectError;
+
+/// Which side a failure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Client,
+    Upstream,
+    Proxy,
+}
+
+/// Everything that can end an exchange early.
+#[derive(Debug)]
+pub enum ExchangeError {
+    /// The request head was malformed or over a limit.
+    ClientHead(HeadError),
+    /// The request's framing headers break the rules.
+    ClientFraming(FramingError),
+    /// The request body's chunked framing was broken or over a limit.
+    ClientBody(DecodeError),
+    /// A Content-Length request body over the configured cap.
+    ClientBodyTooLarge { limit: u64 },
+    /// The client closed or reset before its request body ended.
+    ClientGone,
+    /// No request bytes for the stream-idle timeout while reading the body.
+    ClientBodyTimeout,
+    /// No route matches the path.
+    NoRoute,
+    /// The route requires a bearer token and none or a wrong one was given.
+    Unauthorized,
+    /// Every upstream of the group has an open circuit breaker.
+    BreakerOpen { group: String },
+    /// Connecting to the upstream failed.
+    Connect(ConnectError),
+    /// The upstream connection failed before a response head arrived.
+    UpstreamIo(io::Error),
+    /// The upstream closed the connection before a response head arrived.
+    UpstreamClosed,
+    /// The upstream's response head was malformed.
+    UpstreamHead(HeadError),
+    /// The upstream's response framing was broken.
+    UpstreamFraming(FramingError),
+    /// No response head within the response-head timeout.
+    UpstreamHeadTimeout,
+    /// The upstream switched protocols (101) although no upgrade was asked for.
+    UpstreamSwitched,
+    /// The overall exchange deadline passed.
+    TotalTimeout,
+    /// The upstream is at its connection cap and no slot freed in time.
+    PoolExhausted,
+}
+
+impl ExchangeError {
+    /// Who caused the failure.
+    pub fn source(&self) -> Source {
+        use ExchangeError::*;
+        match self {
+            ClientHead(_)
+            | ClientFraming(_)
+            | ClientBody(_)
+            | ClientBodyTooLarge { .. }
+            | ClientGone
+            | ClientBodyTimeout
+            | NoRoute
+            | Unauthorized => Source::Client,
+            BreakerOpen { .. } | TotalTimeout | PoolExhausted => Source::Proxy,
+            Connect(_) | UpstreamIo(_) | UpstreamClosed | UpstreamHead(_) | UpstreamFraming(_)
+            | UpstreamHeadTimeout | UpstreamSwitched => Source::Upstream,
+        }
+    }
+
+    /// A short, stable name for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        use ExchangeError::*;
+        match self {
+            ClientHead(_) => "bad_request_head",
+            ClientFraming(_) => "bad_request_framing",
+            ClientBody(e) if e.is_too_large() => "request_body_too_large",
+            ClientBody(_) => "bad_request_body",
+            ClientBodyTooLarge { .. } => "request_body_too_large",
+            ClientGone => "client_gone",
+            ClientBodyTimeout => "client_body_timeout",
+            NoRoute => "no_route",
+            Unauthorized => "unauthorized",
+            BreakerOpen { .. } => "breaker_open",
+            Connect(e) if e.is_timeout() => "connect_timeout",
+            Connect(_) => "connect_failed",
+            UpstreamIo(_) => "upstream_io",
+            UpstreamClosed => "upstream_closed",
+            UpstreamHead(_) => "bad_response_head",
+            UpstreamFraming(_) => "bad_response_framing",
+            UpstreamHeadTimeout => "response_head_timeout",
+            UpstreamSwitched => "unexpected_upgrade",
+            TotalTimeout => "total_timeout",
+            PoolExhausted => "upstream_connection_limit",
+        }
+    }
+
+    /// The answer for the client: status, OpenAI error `type`, `code`. The one mapping.
+    pub fn answer(&self) -> (u16, &'static str, &'static str) {
+        use ExchangeError::*;
+        match self {
+            ClientHead(e) => (e.status(), "invalid_request_error", code_for(e.status())),
+            ClientFraming(e) => (e.status(), "invalid_request_error", code_for(e.status())),
+            ClientBody(e) if e.is_too_large() => {
+                (413, "invalid_request_error", "payload_too_large")
+            }
+            ClientBody(_) => (400, "invalid_request_error", "bad_request"),
+            ClientBodyTooLarge { .. } => (413, "invalid_request_error", "payload_too_large"),
+            ClientGone => (400, "invalid_request_error", "bad_request"),
+            ClientBodyTimeout => (408, "invalid_request_error", "request_timeout"),
+            NoRoute => (404, "invalid_request_error", "not_found"),
+            Unauthorized => (401, "authentication_error", "unauthorized"),
+            BreakerOpen { .. } => (503, "upstream_error", "upstream_unavailable"),
+            PoolExhausted => (503, "upstream_error", "upstream_connection_limit"),
+            Connect(e) if e.is_timeout() => (504, "timeout_error", "gateway_timeout"),
+            Connect(_) => (502, "upstream_error", "bad_gateway"),
+            UpstreamIo(_) | UpstreamClosed | UpstreamHead(_) | UpstreamFraming(_)
+            | UpstreamSwitched => (502, "upstream_error", "bad_gateway"),
+            UpstreamHeadTimeout | TotalTimeout => (504, "timeout_error", "gateway_timeout"),
+        }
+    }
+}
+
+fn code_for(status: u16) -> &'static str {
+    match status {
+        400 => "bad_request",
+        404 => "not_found",
+        408 => "request_timeout",
+        413 => "payload_too_large",
+        414 => "uri_too_long",
+        417 => "expectation_failed",
+        431 => "request_header_fields_too_large",
+        501 => "not_implemented",
+        505 => "http_version_not_supported",
+        _ => "error",
+    }
+}
+
+impl fmt::Display for ExchangeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use ExchangeError::*;
+        match self {
+            ClientHead(e) => write!(f, "bad request head: {e}"),
+            ClientFraming(e) => write!(f, "bad request framing: {e}"),
+            ClientBody(e) => write!(f, "bad request body: {e}"),
+            ClientBodyTooLarge { limit } => {
+                write!(f, "request body over the {limit}-byte limit")
+            }
+            ClientGone => f.write_str("the client closed the connection before its request body ended"),
+            ClientBodyTimeout => f.write_str("the client sent no request body bytes within the idle timeout"),
+            NoRoute => f.write_str("no route matches this path"),
+            Unauthorized => f.write_str("missing or invalid bearer token"),
+            BreakerOpen { group } => write!(
+                f,
+                "every upstream of group {group:?} is failing (circuit breaker open); try again later"
+            ),
+            Connect(e) => write!(f, "upstream connection failed: {e}"),
+            UpstreamIo(e) => write!(f, "upstream connection failed before a response: {e}"),
+            UpstreamClosed => f.write_str("the upstream closed the connection before a response"),
+            UpstreamHead(e) => write!(f, "the upstream sent an invalid response head: {e}"),
+            UpstreamFraming(e) => write!(f, "the upstream sent an invalid response framing: {e}"),
+            UpstreamHeadTimeout => {
+                f.write_str("the upstream did not answer within the response-head timeout")
+            }
+            TotalTimeout => f.write_str("the exchange did not finish within the total timeout"),
+            PoolExhausted => f.write_str(
+                "the upstream is at its connection limit and no connection freed in time; try again later",
+            ),
+            UpstreamSwitched => f.write_str("the upstream switched protocols without being asked"),
+        }
+    }
+}
+
+impl std::error::Error for ExchangeError {}
+
+/// Write a whole error response (head and JSON body) to `dst`. The connection is to be
+/// closed after it when `close` is true.
+// The answer's parts are all plain values the caller already has; a builder would only rename them.
+#[allow(clippy::too_many_arguments)]
+pub fn write_error_response(
+    status: u16,
+    kind: &str,
+    code: &str,
+    message: &str,
+    request_id: &[u8],
+    close: bool,
+    extra: &[(&str, &str)],
+    dst: &mut BytesMut,
+) {
+    let body = serde_json::json!({
+        "error": { "message": message, "type": kind, "code": code }
+    })
+    .to_string();
+    dst.reserve(256 + body.len());
+    dst.put_slice(b"HTTP/1.1 ");
+    dst.put_slice(status.to_string().as_bytes());
+    dst.put_u8(b' ');
+    dst.put_slice(reason_phrase(status).as_bytes());
+    dst.put_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
+    dst.put_slice(body.len().to_string().as_bytes());
+    dst.put_slice(b"\r\n");
+    if !request_id.is_empty() {
+        dst.put_slice(b"x-request-id: ");
+        dst.put_slice(request_id);
+        dst.put_slice(b"\r\n");
+    }
+    for (k, v) in extra {
+        dst.put_slice(k.as_bytes());
+        dst.put_slice(b": ");
+        dst.put_slice(v.as_bytes());
+        dst.put_slice(b"\r\n");
+    }
+    if close {
+        dst.put_slice(b"connection: close\r\n");
+    }
+    dst.put_slice(b"\r\n");
+    dst.put_slice(body.as_bytes());
+}
+
+/// The standard reason phrase of the statuses chunkgate itself sends.
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        417 => "Expectation Failed",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "Error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_response_is_openai_json() {
+        let mut out = BytesMut::new();
+        write_error_response(
+            502,
+            "upstream_error",
+            "bad_gateway",
+            "upstream \"x\" refused",
+            b"abc",
+            true,
+            &[],
+            &mut out,
+        );
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 502 Bad Gateway\r\n"));
+        assert!(head.contains("connection: close"));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["type"], "upstream_error");
+        assert_eq!(v["error"]["code"], "bad_gateway");
+        assert_eq!(v["error"]["message"], "upstream \"x\" refused");
+    }
+
+    #[test]
+    fn answers_map_to_statuses() {
+        assert_eq!(ExchangeError::UpstreamHeadTimeout.answer().0, 504);
+        assert_eq!(ExchangeError::UpstreamClosed.answer().0, 502);
+        assert_eq!(ExchangeError::NoRoute.answer().0, 404);
+        assert_eq!(ExchangeError::Unauthorized.answer().0, 401);
+        assert_eq!(
+            ExchangeError::BreakerOpen { group: "g".into() }.answer().0,
+            503
+        );
+        assert_eq!(
+            ExchangeError::ClientBodyTooLarge { limit: 1 }.answer().0,
+            413
+        );
+    }
+}

@@ -1,0 +1,1256 @@
+//! One client connection and the exchanges on it.
+//!
+//! ```text
+//!  read head ──► route, auth, framing ──► attempt: pick upstream ─► checkout ─► write head
+//!                                                      ▲                          │
+//!                                         retry (safe) │     ┌────────────────────┴──────────┐
+//!                                                      │     ▼                               ▼
+//!                                                      └─ response head ◄── concurrently ── request body pump
+//!                                                            │ (commit: nothing of it was sent before)
+//!                                                            ▼
+//!                                      response body pump ──► client, while watching the client for EOF
+//! ```
+//!
+//! The request body pump and the response pump each own the halves they use and hand them back
+//! when they finish, so the two directions run concurrently in one task without locks, and
+//! dropping either future closes what it held. A failure before the response head went to the
+//! client is answered with an error response (or retried where that is safe); after, the client
+//! connection is closed without the terminating chunk, so the client sees a cut stream.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::time::{sleep, sleep_until, timeout};
+
+use crate::codec::chunked::{ChunkedDecoder, Field};
+use crate::codec::framing::{self, BodyFraming, RequestMeta};
+use crate::codec::head::{
+    HeadError, RequestHead, RequestParser, ResponseHead, ResponseParser, Version,
+};
+use crate::logging::{ExchangeRecord, Outcome};
+use crate::metrics::Direction;
+use crate::proxy::body::{BodyReader, BodyWriter, Next, OutFraming, Piece, ReadError, WriteError};
+use crate::proxy::error::{write_error_response, ExchangeError};
+use crate::proxy::headers::{self, ForwardContext};
+use crate::proxy::route;
+use crate::proxy::Shared;
+use crate::upstream::balance::Upstream;
+use crate::upstream::connect::UpstreamStream;
+use crate::upstream::pool::PooledConn;
+use crate::upstream::retry;
+
+/// Serve one client connection until it closes, fails, or the proxy drains.
+pub(crate) async fn serve_connection<S>(
+    shared: Arc<Shared>,
+    stream: S,
+    peer: SocketAddr,
+    proto: &'static str,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (rd, wr) = tokio::io::split(stream);
+    let mut conn = ClientConn {
+        rd: Some(ClientRead {
+            rd,
+            buf: BytesMut::with_capacity(4096),
+        }),
+        wr,
+        peer,
+        proto,
+        shared,
+    };
+    shared_metrics(&conn.shared).connection_opened();
+    conn.run().await;
+    shared_metrics(&conn.shared).connection_closed();
+    let _ = conn.wr.shutdown().await;
+}
+
+fn shared_metrics(s: &Shared) -> &crate::metrics::Metrics {
+    &s.metrics
+}
+
+/// The read side of a client connection with its buffer (bytes read but not yet used).
+pub(crate) struct ClientRead<S> {
+    rd: ReadHalf<S>,
+    buf: BytesMut,
+}
+
+struct ClientConn<S> {
+    /// `None` only while an exchange has lent it to the request body pump and lost it.
+    rd: Option<ClientRead<S>>,
+    wr: WriteHalf<S>,
+    peer: SocketAddr,
+    proto: &'static str,
+    shared: Arc<Shared>,
+}
+
+/// Whether the client connection can carry another exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    KeepAlive,
+    Close,
+}
+
+impl<S> ClientConn<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    async fn run(&mut self) {
+        let mut parser = RequestParser::new(self.shared.config.limits.head);
+        loop {
+            let head = match self.read_head(&mut parser).await {
+                Ok(Some(head)) => head,
+                Ok(None) => return,
+                Err(HeadRead::Bad(e)) => {
+                    self.shared
+                        .metrics
+                        .rejected(ExchangeError::ClientHead(e.clone()).reason());
+                    let err = ExchangeError::ClientHead(e);
+                    self.answer_error(&err, b"", &[]).await;
+                    return;
+                }
+                Err(HeadRead::Timeout) => {
+                    self.shared.metrics.timeout("client_head");
+                    let mut out = BytesMut::new();
+                    write_error_response(
+                        408,
+                        "invalid_request_error",
+                        "request_timeout",
+                        "the request head did not arrive within the head-read timeout",
+                        b"",
+                        true,
+                        &[],
+                        &mut out,
+                    );
+                    let _ = timeout(Duration::from_secs(1), self.wr.write_all(&out)).await;
+                    return;
+                }
+                Err(HeadRead::Closed) => return,
+            };
+            parser.reset();
+            match self.exchange(head).await {
+                After::KeepAlive if !self.shared.draining.is_cancelled() => {}
+                _ => return,
+            }
+        }
+    }
+
+    /// Read the next request head: `Ok(None)` when the client closed (or went idle, or the
+    /// proxy is draining) between requests.
+    async fn read_head(
+        &mut self,
+        parser: &mut RequestParser,
+    ) -> Result<Option<RequestHead>, HeadRead> {
+        let t = &self.shared.config.timeouts;
+        let idle_deadline = tokio::time::Instant::now() + t.client_idle;
+        let mut head_deadline: Option<tokio::time::Instant> = None;
+        let Some(cr) = self.rd.as_mut() else {
+            return Ok(None);
+        };
+        loop {
+            match parser.parse(&mut cr.buf) {
+                Ok(Some(head)) => return Ok(Some(head)),
+                Ok(None) => {}
+                Err(e) => return Err(HeadRead::Bad(e)),
+            }
+            let started = !cr.buf.is_empty();
+            let deadline = if started {
+                *head_deadline.get_or_insert_with(|| tokio::time::Instant::now() + t.client_head)
+            } else {
+                idle_deadline
+            };
+            if cr.buf.capacity() - cr.buf.len() < 512 {
+                cr.buf.reserve(4096);
+            }
+            tokio::select! {
+                biased;
+                _ = self.shared.draining.cancelled(), if !started => return Ok(None),
+                r = cr.rd.read_buf(&mut cr.buf) => match r {
+                    Ok(0) if cr.buf.is_empty() => return Ok(None),
+                    Ok(0) | Err(_) => return Err(HeadRead::Closed),
+                    Ok(_) => {}
+                },
+                _ = sleep_until(deadline) => {
+                    return if started { Err(HeadRead::Timeout) } else { Ok(None) };
+                }
+            }
+        }
+    }
+
+    /// Write an error answer with `Connection: close` (the caller then closes).
+    async fn answer_error(
+        &mut self,
+        err: &ExchangeError,
+        request_id: &[u8],
+        extra: &[(&str, &str)],
+    ) {
+        let (status, kind, code) = err.answer();
+        let mut out = BytesMut::with_capacity(512);
+        write_error_response(
+            status,
+            kind,
+            code,
+            &err.to_string(),
+            request_id,
+            true,
+            extra,
+            &mut out,
+        );
+        let _ = timeout(self.shared.config.timeouts.client_write_stall, async {
+            self.wr.write_all(&out).await?;
+            self.wr.flush().await
+        })
+        .await;
+    }
+
+    /// One exchange. Returns whether the connection may carry another.
+    async fn exchange(&mut self, head: RequestHead) -> After {
+        let shared = Arc::clone(&self.shared);
+        let started = Instant::now();
+        let request_id: Bytes =
+            headers::request_id_of(&head).unwrap_or_else(|| Bytes::from(headers::new_request_id()));
+        let mut rec = ExchangeRecord {
+            request_id: String::from_utf8_lossy(&request_id).into_owned(),
+            method: String::from_utf8_lossy(&head.method).into_owned(),
+            path: path_without_query(&head.target),
+            route: Arc::from("-"),
+            upstream: Arc::from("-"),
+            status: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            chunks_in: 0,
+            chunks_out: 0,
+            reassembled: 0,
+            ttfb: None,
+            ttfc: None,
+            duration: Duration::ZERO,
+            retries: 0,
+            outcome: Outcome::Complete,
+        };
+        let after = self
+            .exchange_inner(&head, &request_id, &mut rec, started)
+            .await;
+        rec.duration = started.elapsed();
+        shared.metrics.exchange_done(&rec);
+        if shared.config.log.access_log {
+            crate::logging::access_log(&rec);
+        }
+        after
+    }
+
+    async fn reject(
+        &mut self,
+        err: ExchangeError,
+        request_id: &[u8],
+        rec: &mut ExchangeRecord,
+    ) -> After {
+        let reason = err.reason();
+        self.shared.metrics.rejected(reason);
+        rec.status = err.answer().0;
+        rec.outcome = Outcome::Rejected(reason);
+        tracing::debug!(request_id = %rec.request_id, error = %err, "request rejected");
+        self.answer_error(&err, request_id, &[]).await;
+        After::Close
+    }
+
+    async fn exchange_inner(
+        &mut self,
+        head: &RequestHead,
+        request_id: &Bytes,
+        rec: &mut ExchangeRecord,
+        started: Instant,
+    ) -> After {
+        let shared = Arc::clone(&self.shared);
+        let cfg = &shared.config;
+        let meta: RequestMeta = match framing::request_meta(head) {
+            Ok(m) => m,
+            Err(e) => {
+                return self
+                    .reject(ExchangeError::ClientFraming(e), request_id, rec)
+                    .await
+            }
+        };
+        let Some(route) = route::select(&shared.routes, &head.target) else {
+            return self.reject(ExchangeError::NoRoute, request_id, rec).await;
+        };
+        rec.route = Arc::clone(&route.name);
+        if !route.authorized(head.get("authorization").map(|v| &v[..])) {
+            return self
+                .reject(ExchangeError::Unauthorized, request_id, rec)
+                .await;
+        }
+        let mut reader = match meta.framing {
+            BodyFraming::None => BodyReader::None,
+            BodyFraming::Length(n) => {
+                if let Some(limit) = cfg.limits.max_request_body {
+                    if n > limit {
+                        let err = ExchangeError::ClientBodyTooLarge { limit };
+                        return self.reject(err, request_id, rec).await;
+                    }
+                }
+                BodyReader::Length { remaining: n }
+            }
+            BodyFraming::Chunked => {
+                BodyReader::Chunked(Box::new(ChunkedDecoder::new(cfg.limits.chunk)))
+            }
+            // Requests are never close-delimited; framing rules it out.
+            BodyFraming::Close => BodyReader::None,
+        };
+        let out_framing = match meta.framing {
+            BodyFraming::Length(n) => BodyFraming::Length(n),
+            BodyFraming::Chunked => BodyFraming::Chunked,
+            _ => BodyFraming::None,
+        };
+        let body_out = match meta.framing {
+            BodyFraming::Length(n) => OutFraming::Length(n),
+            BodyFraming::Chunked => OutFraming::Chunked,
+            _ => OutFraming::None,
+        };
+        let client_takes_trailers = head.get_all("te").any(|v| {
+            v.split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+        });
+        let group = Arc::clone(&shared.groups[route.group]);
+        let max_attempts = cfg.retry.max_attempts.max(1);
+        shared.budget.on_request();
+
+        // The request body as sent so far, kept for a replay while it fits.
+        let mut replay = Replay::new(cfg.retry.max_replay_body);
+        let mut body_done = matches!(reader, BodyReader::None);
+        if body_done {
+            replay.finish(Vec::new());
+        }
+        let mut sent_continue = false;
+        let mut tried: Vec<usize> = Vec::new();
+        let mut attempt: u32 = 0;
+        let mut target = BytesMut::with_capacity(head.target.len() + 16);
+        let mut head_buf = BytesMut::with_capacity(1024);
+        let deadline = Instant::now() + cfg.retry.deadline;
+        let total_deadline = cfg.timeouts.total.map(|t| started + t);
+        let mut last_err: Option<ExchangeError>;
+
+        loop {
+            attempt += 1;
+            let now = Instant::now();
+            let Some(idx) = group.pick(&tried, now) else {
+                let err = ExchangeError::BreakerOpen {
+                    group: group.name.clone(),
+                };
+                return self.reject(err, request_id, rec).await;
+            };
+            tried.push(idx);
+            let upstream: Arc<Upstream> = Arc::clone(&group.upstreams[idx]);
+            rec.upstream = Arc::from(upstream.name());
+            if upstream.breaker.try_acquire(now).is_err() {
+                last_err = Some(ExchangeError::BreakerOpen {
+                    group: group.name.clone(),
+                });
+                if attempt < max_attempts && tried.len() < group.upstreams.len() {
+                    attempt -= 1; // an open breaker costs no attempt
+                    continue;
+                }
+                break;
+            }
+            let _outstanding = upstream.begin();
+
+            // Connect (or reuse).
+            // Connecting is bounded by the connect and handshake timeouts; waiting for a free
+            // slot when the upstream is at its connection cap is bounded here.
+            let slot_wait = cfg.timeouts.connect + cfg.timeouts.tls_handshake;
+            let conn = match timeout(slot_wait, upstream.pool.checkout()).await {
+                Err(_) => {
+                    shared.metrics.timeout("pool_wait");
+                    upstream.breaker.on_abandon(Instant::now());
+                    last_err = Some(ExchangeError::PoolExhausted);
+                    break;
+                }
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    if e.is_timeout() {
+                        shared.metrics.timeout("connect");
+                    }
+                    tracing::warn!(request_id = %rec.request_id, upstream = %upstream.name(), error = %e, "upstream connect failed");
+                    breaker_failure(&shared.metrics, &upstream);
+                    let retry_ok = cfg.retry.on_connect_error;
+                    last_err = Some(ExchangeError::Connect(e));
+                    if retry_ok
+                        && self
+                            .may_retry(attempt, max_attempts, deadline, &upstream, None, rec)
+                            .await
+                    {
+                        continue;
+                    }
+                    break;
+                }
+            };
+            let reused = conn.is_reused();
+            // The slot (the pool's count of this connection) travels with the halves and is
+            // given back with them, or freed when they are dropped.
+            let (stream, read_buf, slot) = conn.into_parts();
+            let (up_rd, mut up_wr) = tokio::io::split(stream);
+            let up_buf = read_buf;
+
+            // Head, then what was already read of the body.
+            let authority = upstream.cfg.url.authority();
+            let ctx = ForwardContext {
+                client_ip: self.peer.ip(),
+                proto: self.proto,
+                upstream_authority: &authority,
+                path: {
+                    route.rewrite(&upstream.cfg.url.path_prefix, &head.target, &mut target);
+                    &target
+                },
+                request_id,
+                inject: &route.inject,
+                drop_authorization: !route.require_bearer.is_empty(),
+            };
+            head_buf.clear();
+            headers::write_request_head(head, &ctx, &out_framing, &mut head_buf);
+            let mut writer = BodyWriter::new(body_out, true, cfg.timeouts.stream_idle);
+            let wrote = async {
+                up_wr.write_all(&head_buf).await?;
+                for p in replay.pieces() {
+                    match p {
+                        Piece::Data(d) => writer.data(&mut up_wr, d).await.map_err(write_io)?,
+                        Piece::Trailers(_) => {}
+                    }
+                }
+                if body_done && replay.complete() {
+                    writer
+                        .end(&mut up_wr, replay.trailers())
+                        .await
+                        .map_err(write_io)?;
+                }
+                up_wr.flush().await
+            }
+            .await;
+            if let Err(e) = wrote {
+                breaker_failure(&shared.metrics, &upstream);
+                last_err = Some(ExchangeError::UpstreamIo(e));
+                if (reused || cfg.retry.on_connect_error)
+                    && replay.complete()
+                    && self
+                        .may_retry(attempt, max_attempts, deadline, &upstream, None, rec)
+                        .await
+                {
+                    continue;
+                }
+                break;
+            }
+            if meta.expect_continue && !body_done && !sent_continue {
+                sent_continue = true;
+                let _ = self.wr.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+                let _ = self.wr.flush().await;
+            }
+
+            // Phase 1: pump the rest of the request body while waiting for the response head.
+            let Some(client) = self.rd.take() else {
+                return After::Close;
+            };
+            let pump = pump_request(
+                client,
+                reader,
+                up_wr,
+                writer,
+                replay,
+                body_done,
+                cfg.timeouts.stream_idle,
+                &shared.metrics,
+            );
+            let head_read = read_response_head(
+                up_rd,
+                up_buf,
+                ResponseParser::new(cfg.limits.head),
+                cfg.timeouts.response_head,
+            );
+            tokio::pin!(pump);
+            tokio::pin!(head_read);
+            let mut pumped: Option<PumpOut<S>> = None;
+            let total_sleep = sleep_until_opt(total_deadline);
+            tokio::pin!(total_sleep);
+            let head_result = loop {
+                tokio::select! {
+                    // The pump first: a body that is already whole is recorded before the head.
+                    biased;
+                    p = &mut pump, if pumped.is_none() => {
+                        if let Err(PumpError::Client(e)) = &p.result {
+                            // The client's body is bad or gone: answer it (nothing was sent yet).
+                            let err = client_body_error(e);
+                            rec.bytes_in = p.writer.bytes;
+                            rec.chunks_in = p.writer.chunks;
+                            rec.reassembled = p.reader.reassembled();
+                            self.rd = Some(p.client);
+                            upstream.breaker.on_abandon(Instant::now());
+                            if matches!(err, ExchangeError::ClientGone) {
+                                rec.outcome = Outcome::ClientGone;
+                                return After::Close;
+                            }
+                            return self.reject(err, request_id, rec).await;
+                        }
+                        if let Err(PumpError::Upstream(e)) = &p.result {
+                            tracing::debug!(request_id = %rec.request_id, error = ?e, "writing the request body upstream failed; waiting for its answer");
+                        }
+                        pumped = Some(p);
+                    }
+                    h = &mut head_read => break h,
+                    _ = &mut total_sleep => {
+                        shared.metrics.timeout("total");
+                        upstream.breaker.on_abandon(Instant::now());
+                        return self.reject(ExchangeError::TotalTimeout, request_id, rec).await;
+                    }
+                }
+            };
+            let (up_rd, up_buf, head_res) = head_result;
+
+            let resp_head = match head_res {
+                Ok(h) => h,
+                Err(err) => {
+                    if matches!(err, ExchangeError::UpstreamHeadTimeout) {
+                        shared.metrics.timeout("response_head");
+                    }
+                    tracing::warn!(request_id = %rec.request_id, upstream = %upstream.name(), error = %err, "upstream failed before the response head");
+                    breaker_failure(&shared.metrics, &upstream);
+                    let Some(p) = pumped else {
+                        // The body pump still holds the client: it cannot be answered cleanly
+                        // without waiting for it, so close after an answer on the write half.
+                        let (status, kind, code) = err.answer();
+                        rec.status = status;
+                        rec.outcome = Outcome::UpstreamError;
+                        let mut out = BytesMut::new();
+                        write_error_response(
+                            status,
+                            kind,
+                            code,
+                            &err.to_string(),
+                            request_id,
+                            true,
+                            &[],
+                            &mut out,
+                        );
+                        let _ =
+                            timeout(cfg.timeouts.client_write_stall, self.wr.write_all(&out)).await;
+                        return After::Close;
+                    };
+                    self.rd = Some(p.client);
+                    reader = p.reader;
+                    replay = p.replay;
+                    body_done = p.result.is_ok();
+                    rec.bytes_in = p.writer.bytes;
+                    rec.chunks_in = p.writer.chunks;
+                    let retry_kind = match &err {
+                        ExchangeError::UpstreamHeadTimeout => false,
+                        // A reused keep-alive connection the upstream had closed: safe to resend.
+                        ExchangeError::UpstreamClosed | ExchangeError::UpstreamIo(_) => {
+                            reused || cfg.retry.on_connect_error
+                        }
+                        _ => false,
+                    };
+                    last_err = Some(err);
+                    if retry_kind
+                        && replay.complete()
+                        && self
+                            .may_retry(attempt, max_attempts, deadline, &upstream, None, rec)
+                            .await
+                    {
+                        continue;
+                    }
+                    break;
+                }
+            };
+            let ttfb = started.elapsed();
+            rec.ttfb = Some(ttfb);
+            rec.status = resp_head.status;
+
+            // A retryable status, nothing sent to the client yet, and the body can be replayed?
+            if matches!(resp_head.status, 502..=504) {
+                breaker_failure(&shared.metrics, &upstream);
+            } else if resp_head.status < 500 {
+                breaker_success(&shared.metrics, &upstream);
+            }
+            let replayable = pumped
+                .as_ref()
+                .is_some_and(|p| p.result.is_ok() && p.replay.complete());
+            if cfg.retry.on_status.contains(&resp_head.status) && replayable {
+                let hint = retry::retry_after(
+                    resp_head
+                        .headers
+                        .iter()
+                        .map(|h| (&h.name[..], &h.value[..])),
+                    SystemTime::now(),
+                );
+                if let Some(delay) = self.retry_delay(attempt, max_attempts, deadline, hint) {
+                    let p = pumped.take().expect("replayable implies a finished pump");
+                    tracing::info!(request_id = %rec.request_id, upstream = %upstream.name(), status = resp_head.status, delay_ms = delay.as_millis() as u64, "retrying after a retryable status");
+                    self.rd = Some(p.client);
+                    reader = p.reader;
+                    replay = p.replay;
+                    body_done = true;
+                    // Dropping the read half and the pump's write half closes that connection.
+                    drop(up_rd);
+                    drop(p.up_wr);
+                    rec.retries += 1;
+                    shared.metrics.retry(upstream.name());
+                    sleep(delay).await;
+                    continue;
+                }
+            }
+
+            // Commit: the response goes to the client.
+            return self
+                .stream_response(
+                    StreamCtx {
+                        head,
+                        meta: &meta,
+                        resp_head,
+                        request_id,
+                        upstream: &upstream,
+                        slot,
+                        client_takes_trailers,
+                        retries_note: retries_note(rec.retries, replay_flag(&pumped)),
+                        total_deadline,
+                        started,
+                    },
+                    up_rd,
+                    up_buf,
+                    pump,
+                    pumped,
+                    rec,
+                )
+                .await;
+        }
+        let err = last_err.unwrap_or(ExchangeError::UpstreamClosed);
+        self.reject_upstream(err, request_id, rec).await
+    }
+}
+
+impl<S> ClientConn<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    /// The delay before another attempt, or `None` when no retry is allowed (attempts, overall
+    /// deadline, retry budget). `hint` is the upstream's Retry-After, honoured up to the cap.
+    fn retry_delay(
+        &self,
+        attempt: u32,
+        max_attempts: u32,
+        deadline: Instant,
+        hint: Option<Duration>,
+    ) -> Option<Duration> {
+        if attempt >= max_attempts || self.shared.draining.is_cancelled() {
+            return None;
+        }
+        let cfg = &self.shared.config.retry;
+        let backoff = self.shared.backoff.delay(attempt);
+        let delay = match hint {
+            Some(h) => h.min(cfg.cap).max(backoff),
+            None => backoff,
+        };
+        if Instant::now() + delay >= deadline {
+            return None;
+        }
+        if !self.shared.budget.try_withdraw() {
+            tracing::info!("retry budget exhausted: not retrying");
+            return None;
+        }
+        Some(delay)
+    }
+
+    /// Decide on a retry after a failure with nothing sent to the client; sleeps the backoff.
+    async fn may_retry(
+        &self,
+        attempt: u32,
+        max_attempts: u32,
+        deadline: Instant,
+        upstream: &Upstream,
+        hint: Option<Duration>,
+        rec: &mut ExchangeRecord,
+    ) -> bool {
+        let Some(delay) = self.retry_delay(attempt, max_attempts, deadline, hint) else {
+            return false;
+        };
+        rec.retries += 1;
+        self.shared.metrics.retry(upstream.name());
+        tracing::info!(request_id = %rec.request_id, upstream = %upstream.name(), attempt, delay_ms = delay.as_millis() as u64, "retrying");
+        sleep(delay).await;
+        true
+    }
+
+    async fn reject_upstream(
+        &mut self,
+        err: ExchangeError,
+        request_id: &[u8],
+        rec: &mut ExchangeRecord,
+    ) -> After {
+        let (status, _, _) = err.answer();
+        rec.status = status;
+        rec.outcome = match err {
+            ExchangeError::UpstreamHeadTimeout => Outcome::Timeout("response_head"),
+            ExchangeError::Connect(ref e) if e.is_timeout() => Outcome::Timeout("connect"),
+            _ => Outcome::UpstreamError,
+        };
+        let retries = rec.retries.to_string();
+        let extra: Vec<(&str, &str)> = if rec.retries > 0 {
+            vec![("x-chunkgate-retries", retries.as_str())]
+        } else {
+            Vec::new()
+        };
+        self.answer_error(&err, request_id, &extra).await;
+        After::Close
+    }
+
+    /// Send the committed response to the client while the request pump (if still running)
+    /// finishes, and watch the client for EOF so a client that leaves cancels the upstream.
+    #[allow(clippy::too_many_arguments)]
+    async fn stream_response<F>(
+        &mut self,
+        ctx: StreamCtx<'_>,
+        up_rd: ReadHalf<UpstreamStream>,
+        up_buf: BytesMut,
+        mut pump: std::pin::Pin<&mut F>,
+        mut pumped: Option<PumpOut<S>>,
+        rec: &mut ExchangeRecord,
+    ) -> After
+    where
+        F: std::future::Future<Output = PumpOut<S>>,
+    {
+        let shared = Arc::clone(&self.shared);
+        let cfg = &shared.config;
+        let resp_meta = match framing::response_meta(&ctx.head.method, &ctx.resp_head) {
+            Ok(m) => m,
+            Err(e) => {
+                breaker_failure(&shared.metrics, ctx.upstream);
+                if let Some(p) = pumped {
+                    self.rd = Some(p.client);
+                }
+                return self
+                    .reject_upstream(ExchangeError::UpstreamFraming(e), ctx.request_id, rec)
+                    .await;
+            }
+        };
+        let v10 = ctx.head.version == Version::Http10;
+        let is_head = ctx.head.is_method("HEAD");
+        let (reader, client_framing) = match resp_meta.framing {
+            BodyFraming::None => {
+                let cl = if is_head {
+                    head_content_length(&ctx.resp_head)
+                } else {
+                    None
+                };
+                (
+                    BodyReader::None,
+                    cl.map_or(BodyFraming::None, BodyFraming::Length),
+                )
+            }
+            BodyFraming::Length(n) => (BodyReader::Length { remaining: n }, BodyFraming::Length(n)),
+            BodyFraming::Chunked => (
+                BodyReader::Chunked(Box::new(ChunkedDecoder::new(cfg.limits.chunk))),
+                if v10 {
+                    BodyFraming::Close
+                } else {
+                    BodyFraming::Chunked
+                },
+            ),
+            BodyFraming::Close => (
+                BodyReader::Close { ended: false },
+                if v10 {
+                    BodyFraming::Close
+                } else {
+                    BodyFraming::Chunked
+                },
+            ),
+        };
+        let out = match (&client_framing, is_head) {
+            (_, true) => OutFraming::None,
+            (BodyFraming::Chunked, _) => OutFraming::Chunked,
+            (BodyFraming::Length(n), _) => OutFraming::Length(*n),
+            (BodyFraming::Close, _) => OutFraming::Close,
+            (BodyFraming::None, _) => OutFraming::None,
+        };
+        let keep_alive = ctx.meta.keep_alive
+            && !shared.draining.is_cancelled()
+            && client_framing != BodyFraming::Close;
+        let mut extra: Vec<(&str, &str)> = Vec::new();
+        if let Some(note) = ctx.retries_note.as_deref() {
+            extra.push(("x-chunkgate-retries", note));
+        }
+        let mut head_out = BytesMut::with_capacity(512);
+        headers::write_response_head(
+            &ctx.resp_head,
+            ctx.head.version,
+            &client_framing,
+            keep_alive,
+            ctx.request_id,
+            &extra,
+            &mut head_out,
+        );
+        let wrote = timeout(cfg.timeouts.client_write_stall, async {
+            self.wr.write_all(&head_out).await?;
+            self.wr.flush().await
+        })
+        .await;
+        if !matches!(wrote, Ok(Ok(()))) {
+            rec.outcome = Outcome::ClientGone;
+            return After::Close;
+        }
+
+        shared.metrics.stream_started();
+        let writer = BodyWriter::new(
+            out,
+            ctx.client_takes_trailers,
+            cfg.timeouts.client_write_stall,
+        );
+        let wr = &mut self.wr;
+        let resp = pump_response(
+            up_rd,
+            up_buf,
+            wr,
+            reader,
+            writer,
+            cfg.timeouts.stream_idle,
+            &shared.metrics,
+            ctx.started,
+        );
+        tokio::pin!(resp);
+        let total_sleep = sleep_until_opt(ctx.total_deadline);
+        tokio::pin!(total_sleep);
+        let watch_limit = cfg.limits.head.max_head_bytes;
+        let end = loop {
+            tokio::select! {
+                r = &mut resp => break Some(r),
+                p = &mut pump, if pumped.is_none() => {
+                    if let Err(PumpError::Client(e)) = &p.result {
+                        tracing::warn!(request_id = %rec.request_id, error = %e, "request body failed after the response started");
+                        rec.outcome = Outcome::ClientGone;
+                        break None;
+                    }
+                    pumped = Some(p);
+                }
+                _ = watch_client_eof(pumped.as_mut().map(|p| &mut p.client), watch_limit), if pumped.is_some() => {
+                    tracing::info!(request_id = %rec.request_id, upstream = %ctx.upstream.name(), "client went away mid-stream: closing the upstream connection");
+                    rec.outcome = Outcome::ClientGone;
+                    break None;
+                }
+                _ = &mut total_sleep => {
+                    shared.metrics.timeout("total");
+                    rec.outcome = Outcome::Timeout("total");
+                    break None;
+                }
+            }
+        };
+        shared.metrics.stream_ended();
+        let Some(out) = end else {
+            // Dropping `resp` and `pump` closes the upstream connection at once.
+            return After::Close;
+        };
+        rec.bytes_out = out.writer.bytes;
+        rec.chunks_out = out.writer.chunks;
+        rec.ttfc = out.ttfc;
+        rec.reassembled = out.reader.reassembled();
+        match out.result {
+            Ok(()) => {}
+            Err(RespError::Upstream(e)) => {
+                rec.outcome = match e {
+                    ReadError::Idle => {
+                        shared.metrics.timeout("stream_idle");
+                        Outcome::Timeout("stream_idle")
+                    }
+                    _ => Outcome::UpstreamBroke,
+                };
+                breaker_failure(&shared.metrics, ctx.upstream);
+                tracing::warn!(request_id = %rec.request_id, upstream = %ctx.upstream.name(), error = %e, "upstream stream broke after the response started: cutting the client stream");
+                return After::Close;
+            }
+            Err(RespError::Client(e)) => {
+                rec.outcome = match e {
+                    WriteError::Stalled => {
+                        shared.metrics.timeout("client_write_stall");
+                        Outcome::Timeout("client_write_stall")
+                    }
+                    WriteError::Io(_) => Outcome::ClientGone,
+                };
+                return After::Close;
+            }
+        }
+        // The response is complete. Without a finished request body the client connection
+        // cannot be reused (its remaining body bytes would be read as a request).
+        let Some(p) = pumped else {
+            return After::Close;
+        };
+        if p.result.is_err() {
+            return After::Close;
+        }
+        rec.bytes_in = p.writer.bytes;
+        rec.chunks_in = p.writer.chunks;
+        rec.reassembled += p.reader.reassembled();
+        if resp_meta.keep_alive && out.buf.is_empty() {
+            let stream = out.rd.unsplit(p.up_wr);
+            ctx.upstream
+                .pool
+                .checkin(PooledConn::from_parts(stream, out.buf, ctx.slot));
+        }
+        self.rd = Some(p.client);
+        if keep_alive {
+            After::KeepAlive
+        } else {
+            After::Close
+        }
+    }
+}
+
+/// What the response phase needs to know about the exchange.
+struct StreamCtx<'a> {
+    head: &'a RequestHead,
+    meta: &'a RequestMeta,
+    resp_head: ResponseHead,
+    request_id: &'a Bytes,
+    upstream: &'a Arc<Upstream>,
+    slot: crate::upstream::pool::Slot,
+    client_takes_trailers: bool,
+    retries_note: Option<String>,
+    total_deadline: Option<Instant>,
+    started: Instant,
+}
+
+enum HeadRead {
+    Bad(HeadError),
+    Timeout,
+    Closed,
+}
+
+fn retries_note(retries: u32, replay_lost: bool) -> Option<String> {
+    match (retries, replay_lost) {
+        (0, false) => None,
+        (n, false) => Some(n.to_string()),
+        (n, true) => Some(format!("{n}; body too large to replay")),
+    }
+}
+
+fn replay_flag<S>(pumped: &Option<PumpOut<S>>) -> bool {
+    pumped.as_ref().is_some_and(|p| p.replay.overflowed())
+}
+
+fn breaker_failure(metrics: &crate::metrics::Metrics, upstream: &Upstream) {
+    if let Some((from, to)) = upstream.breaker.on_failure(Instant::now()) {
+        tracing::warn!(upstream = %upstream.name(), ?from, ?to, "circuit breaker state change");
+        metrics.breaker_state(upstream.name(), breaker_code(to));
+    }
+}
+
+fn breaker_success(metrics: &crate::metrics::Metrics, upstream: &Upstream) {
+    if let Some((from, to)) = upstream.breaker.on_success(Instant::now()) {
+        tracing::info!(upstream = %upstream.name(), ?from, ?to, "circuit breaker state change");
+        metrics.breaker_state(upstream.name(), breaker_code(to));
+    }
+}
+
+fn breaker_code(s: crate::upstream::breaker::BreakerState) -> u8 {
+    use crate::upstream::breaker::BreakerState::*;
+    match s {
+        Closed => 0,
+        Open => 1,
+        HalfOpen => 2,
+    }
+}
+
+fn path_without_query(target: &[u8]) -> String {
+    let end = target
+        .iter()
+        .position(|&b| b == b'?')
+        .unwrap_or(target.len());
+    String::from_utf8_lossy(&target[..end]).into_owned()
+}
+
+fn head_content_length(head: &ResponseHead) -> Option<u64> {
+    let v = head.get("content-length")?;
+    let v = v.trim_ascii();
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+fn client_body_error(e: &ReadError) -> ExchangeError {
+    match e {
+        ReadError::Decode(d) => ExchangeError::ClientBody(d.clone()),
+        ReadError::Idle => ExchangeError::ClientBodyTimeout,
+        ReadError::Eof | ReadError::Io(_) => ExchangeError::ClientGone,
+    }
+}
+
+fn write_io(e: WriteError) -> std::io::Error {
+    match e {
+        WriteError::Io(e) => e,
+        WriteError::Stalled => std::io::ErrorKind::TimedOut.into(),
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => sleep_until(tokio::time::Instant::from_std(d)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolve when the client closes its side (EOF or error). Bytes it sends meanwhile (a
+/// pipelined request) are kept in its buffer, up to `limit`; past that, stop reading.
+async fn watch_client_eof<S: AsyncRead + Unpin>(client: Option<&mut ClientRead<S>>, limit: usize) {
+    let Some(c) = client else {
+        return std::future::pending().await;
+    };
+    loop {
+        if c.buf.len() >= limit {
+            return std::future::pending().await;
+        }
+        if c.buf.capacity() - c.buf.len() < 512 {
+            c.buf.reserve(4096);
+        }
+        match c.rd.read_buf(&mut c.buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The request body kept for a replay while it fits the limit. Pieces are `Bytes` handles to
+/// what was received: keeping them copies nothing.
+pub(crate) struct Replay {
+    pieces: Vec<Piece>,
+    trailers: Vec<Field>,
+    size: usize,
+    limit: usize,
+    overflow: bool,
+    finished: bool,
+}
+
+impl Replay {
+    fn new(limit: usize) -> Replay {
+        Replay {
+            pieces: Vec::new(),
+            trailers: Vec::new(),
+            size: 0,
+            limit,
+            overflow: false,
+            finished: false,
+        }
+    }
+
+    fn push(&mut self, d: &Bytes) {
+        if self.overflow {
+            return;
+        }
+        if self.size + d.len() > self.limit {
+            self.overflow = true;
+            self.pieces = Vec::new();
+            return;
+        }
+        self.size += d.len();
+        self.pieces.push(Piece::Data(d.clone()));
+    }
+
+    fn finish(&mut self, trailers: Vec<Field>) {
+        self.finished = true;
+        self.trailers = trailers;
+    }
+
+    fn pieces(&self) -> &[Piece] {
+        &self.pieces
+    }
+
+    fn trailers(&self) -> &[Field] {
+        &self.trailers
+    }
+
+    /// The whole body is held: a retry can resend it.
+    fn complete(&self) -> bool {
+        self.finished && !self.overflow
+    }
+
+    fn overflowed(&self) -> bool {
+        self.overflow
+    }
+}
+
+/// What the request pump hands back.
+pub(crate) struct PumpOut<S> {
+    client: ClientRead<S>,
+    reader: BodyReader,
+    up_wr: WriteHalf<UpstreamStream>,
+    writer: BodyWriter,
+    replay: Replay,
+    result: Result<(), PumpError>,
+}
+
+#[derive(Debug)]
+enum PumpError {
+    /// The client's body was bad, slow or cut.
+    Client(ReadError),
+    /// Writing to the upstream failed.
+    Upstream(WriteError),
+}
+
+/// Move the request body from the client to the upstream, one chunk per chunk.
+#[allow(clippy::too_many_arguments)]
+async fn pump_request<S: AsyncRead + Unpin>(
+    mut client: ClientRead<S>,
+    mut reader: BodyReader,
+    mut up_wr: WriteHalf<UpstreamStream>,
+    mut writer: BodyWriter,
+    mut replay: Replay,
+    body_done: bool,
+    idle: Duration,
+    metrics: &crate::metrics::Metrics,
+) -> PumpOut<S> {
+    let result = async {
+        if body_done {
+            return Ok(());
+        }
+        let mut trailers = Vec::new();
+        let mut reassembled = reader.reassembled();
+        loop {
+            match reader.next(&mut client.rd, &mut client.buf, idle).await {
+                Ok(Next::Piece(Piece::Data(d))) => {
+                    writer
+                        .data(&mut up_wr, &d)
+                        .await
+                        .map_err(PumpError::Upstream)?;
+                    metrics.chunk_forwarded(Direction::Request, d.len());
+                    if reader.reassembled() != reassembled {
+                        reassembled = reader.reassembled();
+                        metrics.chunk_reassembled(Direction::Request);
+                    }
+                    replay.push(&d);
+                }
+                Ok(Next::Piece(Piece::Trailers(t))) => trailers = t,
+                Ok(Next::End) => {
+                    writer
+                        .end(&mut up_wr, &trailers)
+                        .await
+                        .map_err(PumpError::Upstream)?;
+                    replay.finish(trailers);
+                    return Ok(());
+                }
+                Err(e) => return Err(PumpError::Client(e)),
+            }
+        }
+    }
+    .await;
+    PumpOut {
+        client,
+        reader,
+        up_wr,
+        writer,
+        replay,
+        result,
+    }
+}
+
+/// Read the upstream's response head, skipping interim 1xx responses.
+async fn read_response_head(
+    mut rd: ReadHalf<UpstreamStream>,
+    mut buf: BytesMut,
+    mut parser: ResponseParser,
+    limit: Duration,
+) -> (
+    ReadHalf<UpstreamStream>,
+    BytesMut,
+    Result<ResponseHead, ExchangeError>,
+) {
+    let res = timeout(limit, async {
+        loop {
+            match parser.parse(&mut buf) {
+                Ok(Some(h)) if h.status == 101 => return Err(ExchangeError::UpstreamSwitched),
+                Ok(Some(h)) if (100..200).contains(&h.status) => {
+                    parser.reset();
+                    continue;
+                }
+                Ok(Some(h)) => return Ok(h),
+                Ok(None) => {}
+                Err(e) => return Err(ExchangeError::UpstreamHead(e)),
+            }
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(8192);
+            }
+            match rd.read_buf(&mut buf).await {
+                Ok(0) => return Err(ExchangeError::UpstreamClosed),
+                Ok(_) => {}
+                Err(e) => return Err(ExchangeError::UpstreamIo(e)),
+            }
+        }
+    })
+    .await
+    .unwrap_or(Err(ExchangeError::UpstreamHeadTimeout));
+    (rd, buf, res)
+}
+
+/// What the response pump hands back.
+struct RespOut {
+    rd: ReadHalf<UpstreamStream>,
+    buf: BytesMut,
+    reader: BodyReader,
+    writer: BodyWriter,
+    ttfc: Option<Duration>,
+    result: Result<(), RespError>,
+}
+
+#[derive(Debug)]
+enum RespError {
+    Upstream(ReadError),
+    Client(WriteError),
+}
+
+/// Move the response body from the upstream to the client, each chunk written and flushed the
+/// moment it is complete. On any failure nothing more is written: no terminating chunk.
+#[allow(clippy::too_many_arguments)]
+async fn pump_response<W: AsyncWrite + Unpin>(
+    mut rd: ReadHalf<UpstreamStream>,
+    mut buf: BytesMut,
+    wr: &mut W,
+    mut reader: BodyReader,
+    mut writer: BodyWriter,
+    idle: Duration,
+    metrics: &crate::metrics::Metrics,
+    started: Instant,
+) -> RespOut {
+    let mut ttfc = None;
+    let mut last: Option<Instant> = None;
+    let result = async {
+        let mut trailers = Vec::new();
+        let mut reassembled = 0;
+        loop {
+            match reader.next(&mut rd, &mut buf, idle).await {
+                Ok(Next::Piece(Piece::Data(d))) => {
+                    let now = Instant::now();
+                    match last {
+                        None => ttfc = Some(now - started),
+                        Some(prev) => metrics.inter_chunk_gap(now - prev),
+                    }
+                    last = Some(now);
+                    writer.data(wr, &d).await.map_err(RespError::Client)?;
+                    metrics.chunk_forwarded(Direction::Response, d.len());
+                    if reader.reassembled() != reassembled {
+                        reassembled = reader.reassembled();
+                        metrics.chunk_reassembled(Direction::Response);
+                    }
+                }
+                Ok(Next::Piece(Piece::Trailers(t))) => trailers = t,
+                Ok(Next::End) => {
+                    writer.end(wr, &trailers).await.map_err(RespError::Client)?;
+                    return Ok(());
+                }
+                Err(e) => return Err(RespError::Upstream(e)),
+            }
+        }
+    }
+    .await;
+    RespOut {
+        rd,
+        buf,
+        reader,
+        writer,
+        ttfc,
+        result,
+    }
+}

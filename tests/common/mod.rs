@@ -1,0 +1,992 @@
+//! Peers and readers shared by the proxy's integration tests.
+//!
+//! Everything here runs over real sockets on 127.0.0.1:
+//! - [`TestProxy`]: a chunkgate proxy served in the test process;
+//! - [`Upstream`]: an upstream that counts the connections it accepts, either raw (a handler
+//!   that drives the socket byte by byte) or hyper (an independent HTTP/1.1 implementation);
+//! - [`Peer`]: a raw connection with its read buffer, whose strict readers parse heads with
+//!   httparse and chunked bodies byte-exactly, recording the chunk boundaries received;
+//! - [`hyper_client`]: hyper's HTTP/1.1 client as an independent client.
+
+// Each test binary compiles this module and uses a different subset of it.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use chunkgate::codec::chunked::{ChunkedDecoder, DecodeError, Frame, Limits};
+use chunkgate::config::{Config, UpstreamUrl};
+use chunkgate::metrics::Metrics;
+use hyper::body::{Body, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+
+/// The pause between two writes a raw peer wants to arrive as separate reads.
+pub const GAP: Duration = Duration::from_millis(3);
+
+/// The bound on one whole test: far above its normal run time, so only a hang trips it.
+pub const TEST_LIMIT: Duration = Duration::from_secs(10);
+
+/// How long a peer waits for the other side to close before calling it still open.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Run `fut`, failing the test if it takes longer than `limit`.
+pub async fn bounded<F: Future>(limit: Duration, fut: F) -> F::Output {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("test did not finish within {limit:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The proxy
+// ---------------------------------------------------------------------------------------------
+
+/// An `http://` upstream URL for a local address.
+pub fn http_url(addr: SocketAddr) -> UpstreamUrl {
+    UpstreamUrl::parse(&format!("http://{addr}")).expect("a socket address is a valid upstream")
+}
+
+/// A configuration listening on an ephemeral port with one group of the given upstreams,
+/// short retry backoff (tests must stay quick) and no access log.
+pub fn config(upstreams: &[SocketAddr]) -> Config {
+    let listen: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
+    let mut cfg = Config::simple(listen, upstreams.iter().copied().map(http_url).collect());
+    cfg.retry.base = Duration::from_millis(10);
+    cfg.retry.cap = Duration::from_millis(100);
+    cfg.log.access_log = false;
+    cfg.drain_timeout = Duration::from_secs(5);
+    cfg
+}
+
+/// A running proxy. Dropping it cancels its shutdown token.
+pub struct TestProxy {
+    /// The client listener's address.
+    pub addr: SocketAddr,
+    /// Cancel to start a graceful drain.
+    pub stop: CancellationToken,
+    /// The proxy's metrics registry.
+    pub metrics: Arc<Metrics>,
+    task: Option<JoinHandle<io::Result<bool>>>,
+}
+
+impl TestProxy {
+    /// Bind and run a proxy with `cfg`.
+    pub async fn start(cfg: Config) -> TestProxy {
+        let proxy = chunkgate::proxy::Proxy::bind(cfg)
+            .await
+            .expect("the proxy binds");
+        let addr = proxy.local_addr();
+        let stop = proxy.shutdown_token();
+        let metrics = proxy.metrics();
+        let task = tokio::spawn(proxy.run_drained());
+        TestProxy {
+            addr,
+            stop,
+            metrics,
+            task: Some(task),
+        }
+    }
+
+    /// A proxy in front of plain-HTTP upstreams, every other setting as [`config`].
+    pub async fn to(upstreams: &[SocketAddr]) -> TestProxy {
+        TestProxy::start(config(upstreams)).await
+    }
+
+    /// The value of the exported counter of chunks that arrived split over several reads
+    /// and were reassembled before being forwarded, in `direction` (`request`/`response`).
+    pub fn reassembled(&self, direction: &str) -> u64 {
+        let text = self.metrics.encode();
+        let label = format!("direction=\"{direction}\"");
+        let line = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .find(|l| l.contains("reassembled") && l.contains(&label));
+        match line.and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok()) {
+            // Counters are exported as whole numbers.
+            Some(v) if v >= 0.0 => v as u64,
+            _ => panic!("no reassembled-chunks counter for {direction} in:\n{text}"),
+        }
+    }
+
+    /// Connect a raw client.
+    pub async fn connect(&self) -> Peer {
+        Peer::connect(self.addr).await
+    }
+
+    /// Cancel the shutdown token and wait for `run_drained` to return.
+    pub async fn shutdown(mut self) -> io::Result<bool> {
+        self.stop.cancel();
+        let task = self.task.take().expect("the proxy task is joined once");
+        task.await.expect("the proxy task does not panic")
+    }
+
+    /// Wait for `run_drained` to return (after someone cancelled [`TestProxy::stop`]).
+    pub async fn join(mut self) -> io::Result<bool> {
+        let task = self.task.take().expect("the proxy task is joined once");
+        task.await.expect("the proxy task does not panic")
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstreams
+// ---------------------------------------------------------------------------------------------
+
+/// A local upstream. It counts the connections it accepted (and, for hyper upstreams, the
+/// requests it received). Dropping it stops accepting.
+pub struct Upstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Connections accepted so far.
+    pub accepts: Arc<AtomicUsize>,
+    /// Requests received so far (hyper upstreams; raw handlers count their own).
+    pub requests: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Upstream {
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepts.load(Ordering::SeqCst)
+    }
+
+    /// Requests received so far (hyper upstreams).
+    pub fn requested(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A raw upstream: `handler(connection, index)` drives each accepted connection (index counts
+/// from 0 in accept order) with `TCP_NODELAY` set.
+pub async fn raw_upstream<F, Fut>(handler: F) -> Upstream
+where
+    F: Fn(Peer, usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind an upstream");
+    let addr = listener
+        .local_addr()
+        .expect("a bound listener has an address");
+    let accepts = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepts);
+    let handler = Arc::new(handler);
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let index = counter.fetch_add(1, Ordering::SeqCst);
+            let _ = stream.set_nodelay(true);
+            let handler = Arc::clone(&handler);
+            tokio::spawn(async move { handler(Peer::new(stream), index).await });
+        }
+    });
+    Upstream {
+        addr,
+        accepts,
+        requests,
+        task,
+    }
+}
+
+/// A hyper upstream: every request goes to `handler`, whose response hyper frames itself
+/// (a [`TestBody::full`] gets a `Content-Length`, a [`TestBody::channel`] one chunk per
+/// message sent).
+pub async fn hyper_upstream<F, Fut>(handler: F) -> Upstream
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<TestBody>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind an upstream");
+    let addr = listener
+        .local_addr()
+        .expect("a bound listener has an address");
+    let accepts = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let accept_count = Arc::clone(&accepts);
+    let request_count = Arc::clone(&requests);
+    let handler = Arc::new(handler);
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            accept_count.fetch_add(1, Ordering::SeqCst);
+            let _ = stream.set_nodelay(true);
+            let handler = Arc::clone(&handler);
+            let request_count = Arc::clone(&request_count);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    request_count.fetch_add(1, Ordering::SeqCst);
+                    let fut = handler(req);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Upstream {
+        addr,
+        accepts,
+        requests,
+        task,
+    }
+}
+
+/// An address on 127.0.0.1 where nothing listens (bound once, then closed).
+pub async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("a bound listener has an address");
+    drop(l);
+    addr
+}
+
+/// A body for hyper peers: whole (with a length) or streamed from a channel (one chunk per
+/// message, the body ends when the sender is dropped).
+pub enum TestBody {
+    /// A body with a known length.
+    Full(Option<Bytes>),
+    /// A streamed body.
+    Stream(mpsc::Receiver<Bytes>),
+}
+
+impl TestBody {
+    /// A body with a known length.
+    pub fn full(data: impl Into<Bytes>) -> TestBody {
+        TestBody::Full(Some(data.into()))
+    }
+
+    /// An empty body.
+    pub fn empty() -> TestBody {
+        TestBody::Full(None)
+    }
+
+    /// A streamed body and the sender that feeds it.
+    pub fn channel() -> (mpsc::Sender<Bytes>, TestBody) {
+        let (tx, rx) = mpsc::channel(4);
+        (tx, TestBody::Stream(rx))
+    }
+}
+
+impl Body for TestBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            TestBody::Full(data) => {
+                Poll::Ready(data.take().map(|d| Ok(hyper::body::Frame::data(d))))
+            }
+            TestBody::Stream(rx) => rx
+                .poll_recv(cx)
+                .map(|d| d.map(|d| Ok(hyper::body::Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, TestBody::Full(None))
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            TestBody::Full(d) => {
+                hyper::body::SizeHint::with_exact(d.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            TestBody::Stream(_) => hyper::body::SizeHint::default(),
+        }
+    }
+}
+
+/// A response with the given status, headers and body.
+pub fn response(status: u16, headers: &[(&str, &str)], body: TestBody) -> Response<TestBody> {
+    let mut b = Response::builder().status(status);
+    for (n, v) in headers {
+        b = b.header(*n, *v);
+    }
+    b.body(body).expect("a valid test response")
+}
+
+/// A hyper HTTP/1.1 client connection to `addr` (its connection task is spawned).
+pub async fn hyper_client(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<TestBody> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .expect("connect to the proxy");
+    stream.set_nodelay(true).expect("set TCP_NODELAY");
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("hyper handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    sender
+}
+
+/// Collect a hyper body: its bytes, or the error that cut it.
+pub async fn collect_body(body: Incoming) -> Result<Bytes, hyper::Error> {
+    use http_body_util::BodyExt;
+    body.collect().await.map(|c| c.to_bytes())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw peers and strict readers
+// ---------------------------------------------------------------------------------------------
+
+/// A parsed message head.
+#[derive(Debug, Clone)]
+pub struct Head {
+    /// Request method (empty for a response).
+    pub method: String,
+    /// Request target (empty for a response).
+    pub target: String,
+    /// Status code (0 for a request).
+    pub status: u16,
+    /// Minor HTTP version: 0 or 1.
+    pub minor: u8,
+    /// Fields in order, names as received.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The head's exact bytes, final CRLF included.
+    pub raw: Vec<u8>,
+}
+
+impl Head {
+    /// The first value of a field (case-insensitive name), as text.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
+    /// How many fields have this name.
+    pub fn count(&self, name: &str) -> usize {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .count()
+    }
+
+    /// Whether `Transfer-Encoding` is exactly `chunked`.
+    pub fn is_chunked(&self) -> bool {
+        self.get("transfer-encoding")
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("chunked"))
+    }
+
+    /// The `Content-Length`, if present and valid.
+    pub fn content_length(&self) -> Option<u64> {
+        self.get("content-length")
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Whether a `Connection` field lists `close`.
+    pub fn says_close(&self) -> bool {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+            .any(|(_, v)| {
+                String::from_utf8_lossy(v)
+                    .split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("close"))
+            })
+    }
+}
+
+/// How a chunked body ended.
+#[derive(Debug)]
+pub enum BodyEnd {
+    /// Last chunk, trailers and final CRLF received.
+    Clean,
+    /// The connection closed before the end (no terminating chunk).
+    Eof,
+    /// The connection failed (reset) before the end.
+    Reset(io::ErrorKind),
+    /// The framing was not valid chunked.
+    Malformed(DecodeError),
+}
+
+/// A chunked body as received: one entry per chunk, exactly as framed on the wire.
+#[derive(Debug)]
+pub struct ChunkedBody {
+    /// The payload of every chunk, in order.
+    pub chunks: Vec<Bytes>,
+    /// Trailer fields.
+    pub trailers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// How it ended.
+    pub end: BodyEnd,
+    /// The body's wire bytes as consumed by the decoder (framing included).
+    pub raw: Vec<u8>,
+}
+
+impl ChunkedBody {
+    /// Whether the body ended with its terminating chunk.
+    pub fn is_clean(&self) -> bool {
+        matches!(self.end, BodyEnd::Clean)
+    }
+
+    /// The chunks as text (each must be valid UTF-8).
+    pub fn texts(&self) -> Vec<String> {
+        self.chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| match std::str::from_utf8(c) {
+                Ok(s) => s.to_string(),
+                Err(e) => panic!("chunk {i} is not valid UTF-8 ({e}): {c:?}"),
+            })
+            .collect()
+    }
+
+    /// Assert the wire bytes are exactly the canonical framing of the chunks: lowercase hex
+    /// size without leading zeros, no extensions, CRLF, payload, CRLF, then `0\r\n\r\n`.
+    pub fn assert_canonical(&self) {
+        let mut expected = Vec::new();
+        for c in &self.chunks {
+            expected.extend_from_slice(&chunk(c));
+        }
+        expected.extend_from_slice(b"0\r\n");
+        for (n, v) in &self.trailers {
+            expected.extend_from_slice(n);
+            expected.extend_from_slice(b": ");
+            expected.extend_from_slice(v);
+            expected.extend_from_slice(b"\r\n");
+        }
+        expected.extend_from_slice(b"\r\n");
+        assert_eq!(
+            String::from_utf8_lossy(&self.raw),
+            String::from_utf8_lossy(&expected),
+            "chunked framing is not canonical"
+        );
+    }
+}
+
+/// A whole response as received by a raw client.
+#[derive(Debug)]
+pub struct RawResponse {
+    /// The head.
+    pub head: Head,
+    /// The body bytes (payload only).
+    pub body: Vec<u8>,
+    /// The chunk structure, for a chunked body.
+    pub chunked: Option<ChunkedBody>,
+}
+
+impl RawResponse {
+    /// The body parsed as the OpenAI-style error `{"error":{"message","type","code"}}`,
+    /// asserting its shape; returns `(type, code)`.
+    pub fn error_json(&self) -> (String, String) {
+        assert_error_json(&self.body)
+    }
+}
+
+/// Assert `body` is `{"error":{"message":<non-empty string>,"type":<string>,"code":<string>}}`
+/// and return `(type, code)`.
+pub fn assert_error_json(body: &[u8]) -> (String, String) {
+    match parse_error_json(body) {
+        Ok(v) => v,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Check `body` is an OpenAI-style error and return `(type, code)`, or say what is wrong.
+pub fn parse_error_json(body: &[u8]) -> Result<(String, String), String> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        format!(
+            "error body is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(body)
+        )
+    })?;
+    let err = &v["error"];
+    let text = |k: &str| -> Result<String, String> {
+        err[k]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("error body lacks a string error.{k}: {v}"))
+    };
+    let message = text("message")?;
+    if message.is_empty() {
+        return Err(format!("empty error message: {v}"));
+    }
+    Ok((text("type")?, text("code")?))
+}
+
+/// The canonical chunk framing of one payload.
+pub fn chunk(payload: &[u8]) -> Vec<u8> {
+    let mut out = format!("{:x}\r\n", payload.len()).into_bytes();
+    out.extend_from_slice(payload);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// A raw connection with the bytes read from it but not yet used.
+pub struct Peer {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Read but not yet consumed.
+    pub buf: BytesMut,
+}
+
+impl Peer {
+    /// Wrap an accepted or connected stream.
+    pub fn new(stream: TcpStream) -> Peer {
+        Peer {
+            stream,
+            buf: BytesMut::with_capacity(16 * 1024),
+        }
+    }
+
+    /// Connect to `addr` with `TCP_NODELAY` set.
+    pub async fn connect(addr: SocketAddr) -> Peer {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).expect("set TCP_NODELAY");
+        Peer::new(stream)
+    }
+
+    /// Write all of `bytes`.
+    pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
+    }
+
+    /// Write each piece as its own write, pausing [`GAP`] after each so they arrive as
+    /// separate reads.
+    pub async fn send_pieces<P: AsRef<[u8]>>(&mut self, pieces: &[P]) -> io::Result<()> {
+        for p in pieces {
+            self.send(p.as_ref()).await?;
+            tokio::time::sleep(GAP).await;
+        }
+        Ok(())
+    }
+
+    /// Read once more into the buffer; `Ok(0)` at end of stream.
+    pub async fn read_more(&mut self) -> io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(16 * 1024);
+        }
+        self.stream.read_buf(&mut self.buf).await
+    }
+
+    /// Read a request head (strictly: CRLF line ends only).
+    pub async fn request_head(&mut self) -> io::Result<Head> {
+        self.head(true).await
+    }
+
+    /// Read a response head (strictly: CRLF line ends only). Interim responses are returned
+    /// like any other.
+    pub async fn response_head(&mut self) -> io::Result<Head> {
+        self.head(false).await
+    }
+
+    async fn head(&mut self, request: bool) -> io::Result<Head> {
+        loop {
+            if let Some(head) = parse_head(&mut self.buf, request)? {
+                return Ok(head);
+            }
+            if self.read_more().await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "closed before a complete head; got {:?}",
+                        String::from_utf8_lossy(&self.buf)
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// Read a chunked body strictly (see [`ChunkedBody`]). Each chunk is recorded as it is
+    /// completed; `on_chunk` is called with its index the moment it is.
+    pub async fn chunked_body_with(
+        &mut self,
+        mut on_chunk: impl FnMut(usize, &Bytes),
+    ) -> ChunkedBody {
+        let mut dec = ChunkedDecoder::new(Limits::default().max_chunk_size(64 << 20));
+        let mut body = ChunkedBody {
+            chunks: Vec::new(),
+            trailers: Vec::new(),
+            end: BodyEnd::Eof,
+            raw: self.buf.to_vec(),
+        };
+        // `raw` holds every byte offered to the decoder; what it left in `buf` is cut at the end.
+        loop {
+            match dec.decode(&mut self.buf) {
+                Ok(Some(Frame::Data(d))) => {
+                    on_chunk(body.chunks.len(), &d);
+                    body.chunks.push(d);
+                    continue;
+                }
+                Ok(Some(Frame::Trailers(t))) => {
+                    body.trailers = t
+                        .into_iter()
+                        .map(|f| (f.name.to_vec(), f.value.to_vec()))
+                        .collect();
+                    continue;
+                }
+                Ok(Some(Frame::End)) => {
+                    body.end = BodyEnd::Clean;
+                    break;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    body.end = BodyEnd::Malformed(e);
+                    break;
+                }
+            }
+            let before = self.buf.len();
+            match self.read_more().await {
+                Ok(0) => {
+                    body.end = BodyEnd::Eof;
+                    break;
+                }
+                Ok(_) => body.raw.extend_from_slice(&self.buf[before..]),
+                Err(e) => {
+                    body.end = BodyEnd::Reset(e.kind());
+                    break;
+                }
+            }
+        }
+        let consumed = body.raw.len() - self.buf.len();
+        body.raw.truncate(consumed);
+        body
+    }
+
+    /// Read a chunked body strictly.
+    pub async fn chunked_body(&mut self) -> ChunkedBody {
+        self.chunked_body_with(|_, _| {}).await
+    }
+
+    /// Read exactly `n` body bytes.
+    pub async fn length_body(&mut self, n: usize) -> io::Result<Vec<u8>> {
+        while self.buf.len() < n {
+            if self.read_more().await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("closed after {} of {n} body bytes", self.buf.len()),
+                ));
+            }
+        }
+        Ok(self.buf.split_to(n).to_vec())
+    }
+
+    /// Read everything until the peer closes (a reset ends it too).
+    pub async fn read_to_close(&mut self) -> Vec<u8> {
+        loop {
+            match self.read_more().await {
+                Ok(0) | Err(_) => return self.buf.split().to_vec(),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Read a whole response to a request with method `method`: head, then the body as its
+    /// framing says (none, chunked, length, or until close).
+    pub async fn response(&mut self, method: &str) -> io::Result<RawResponse> {
+        let head = self.response_head().await?;
+        let no_body = method.eq_ignore_ascii_case("HEAD")
+            || (100..200).contains(&head.status)
+            || head.status == 204
+            || head.status == 304;
+        if no_body {
+            return Ok(RawResponse {
+                head,
+                body: Vec::new(),
+                chunked: None,
+            });
+        }
+        if head.is_chunked() {
+            let c = self.chunked_body().await;
+            let body = c.chunks.concat();
+            return Ok(RawResponse {
+                head,
+                body,
+                chunked: Some(c),
+            });
+        }
+        if let Some(n) = head.content_length() {
+            let n = usize::try_from(n).map_err(|_| io::Error::other("huge content-length"))?;
+            let body = self.length_body(n).await?;
+            return Ok(RawResponse {
+                head,
+                body,
+                chunked: None,
+            });
+        }
+        let body = self.read_to_close().await;
+        Ok(RawResponse {
+            head,
+            body,
+            chunked: None,
+        })
+    }
+
+    /// Wait up to `limit` for the peer to close: true on end of stream or reset with nothing
+    /// more received, false if bytes arrived or the connection stayed open.
+    pub async fn closes_within(&mut self, limit: Duration) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut one = [0u8; 256];
+        match tokio::time::timeout(limit, self.stream.read(&mut one)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => true,
+            Ok(Ok(n)) => {
+                self.buf.extend_from_slice(&one[..n]);
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Wait for the peer to close and return how long that took (`None` if it sent bytes or
+    /// did not close within `limit`).
+    pub async fn time_to_close(&mut self, limit: Duration) -> Option<Duration> {
+        let t = Instant::now();
+        self.closes_within(limit).await.then(|| t.elapsed())
+    }
+}
+
+/// Parse a head from the front of `buf` (removing it) with httparse, after checking that
+/// every LF is preceded by CR. `Ok(None)` when incomplete.
+fn parse_head(buf: &mut BytesMut, request: bool) -> io::Result<Option<Head>> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        if let Some(i) = buf.windows(2).position(|w| w == b"\n\n") {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bare LF in head at {i}: {:?}", String::from_utf8_lossy(buf)),
+            ));
+        }
+        return Ok(None);
+    };
+    let raw = buf.split_to(end + 4).to_vec();
+    for (i, &b) in raw.iter().enumerate() {
+        if b == b'\n' && (i == 0 || raw[i - 1] != b'\r') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "bare LF in head at {i}: {:?}",
+                    String::from_utf8_lossy(&raw)
+                ),
+            ));
+        }
+    }
+    let invalid = |e: httparse::Error| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("invalid head ({e}): {:?}", String::from_utf8_lossy(&raw)),
+        )
+    };
+    let mut fields = [httparse::EMPTY_HEADER; 128];
+    let collect = |fields: &[httparse::Header<'_>]| -> Vec<(String, Vec<u8>)> {
+        fields
+            .iter()
+            .map(|h| (h.name.to_string(), h.value.to_vec()))
+            .collect()
+    };
+    if request {
+        let mut req = httparse::Request::new(&mut fields);
+        match req.parse(&raw).map_err(invalid)? {
+            httparse::Status::Complete(_) => Ok(Some(Head {
+                method: req.method.unwrap_or_default().to_string(),
+                target: req.path.unwrap_or_default().to_string(),
+                status: 0,
+                minor: req.version.unwrap_or_default(),
+                headers: collect(req.headers),
+                raw: raw.clone(),
+            })),
+            httparse::Status::Partial => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "httparse found the head incomplete",
+            )),
+        }
+    } else {
+        let mut resp = httparse::Response::new(&mut fields);
+        match resp.parse(&raw).map_err(invalid)? {
+            httparse::Status::Complete(_) => Ok(Some(Head {
+                method: String::new(),
+                target: String::new(),
+                status: resp.code.unwrap_or_default(),
+                minor: resp.version.unwrap_or_default(),
+                headers: collect(resp.headers),
+                raw: raw.clone(),
+            })),
+            httparse::Status::Partial => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "httparse found the head incomplete",
+            )),
+        }
+    }
+}
+
+/// A request as an upstream received it.
+#[derive(Debug)]
+pub struct UpRequest {
+    /// The head.
+    pub head: Head,
+    /// The chunk structure, for a chunked body.
+    pub chunked: Option<ChunkedBody>,
+    /// The body bytes (payload only).
+    pub body: Vec<u8>,
+}
+
+/// Read one request on an upstream connection: head and body (chunked bodies strictly, chunk
+/// by chunk). Returns `None` when the connection closed cleanly before a head.
+pub async fn read_request(peer: &mut Peer) -> io::Result<Option<UpRequest>> {
+    if peer.buf.is_empty() && peer.read_more().await? == 0 {
+        return Ok(None);
+    }
+    let head = peer.request_head().await?;
+    if head.is_chunked() {
+        let chunked = peer.chunked_body().await;
+        let body = chunked.chunks.concat();
+        return Ok(Some(UpRequest {
+            head,
+            chunked: Some(chunked),
+            body,
+        }));
+    }
+    let n = head.content_length().unwrap_or(0);
+    let n = usize::try_from(n).map_err(|_| io::Error::other("huge content-length"))?;
+    let body = peer.length_body(n).await?;
+    Ok(Some(UpRequest {
+        head,
+        chunked: None,
+        body,
+    }))
+}
+
+/// A response head for a chunked body.
+pub const CHUNKED_HEAD: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+
+/// A complete `200 OK` with a `Content-Length` body.
+pub fn ok_response(body: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Payloads
+// ---------------------------------------------------------------------------------------------
+
+/// OpenAI-style chat-completion SSE events with Korean and emoji text, each a whole
+/// `data: {...}\n\n` event, then `data: [DONE]\n\n`.
+pub fn sse_events() -> Vec<String> {
+    let pieces = [
+        "안녕하세요",
+        " 👋",
+        " 스트리밍",
+        " 테스트",
+        "입니다 🚀",
+        " 한국어와",
+        " 이모지 😀🎉",
+        " 👨‍👩‍👧‍👦 가족",
+        "!",
+    ];
+    let mut events: Vec<String> = pieces
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let v = serde_json::json!({
+                "id": "chatcmpl-7",
+                "object": "chat.completion.chunk",
+                "created": 1_700_000_000 + i,
+                "model": "gpt-4o-mini",
+                "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": null}],
+            });
+            format!("data: {v}\n\n")
+        })
+        .collect();
+    events.push("data: [DONE]\n\n".to_string());
+    events
+}
+
+/// Assert `event` is one whole SSE event: `data: ` then `[DONE]` or a JSON object, then a
+/// blank line, and nothing else.
+pub fn assert_whole_event(event: &str) {
+    let Some(inner) = event
+        .strip_prefix("data: ")
+        .and_then(|e| e.strip_suffix("\n\n"))
+    else {
+        panic!("not one whole SSE event: {event:?}");
+    };
+    assert!(!inner.contains('\n'), "more than one line in {event:?}");
+    if inner != "[DONE]" {
+        let v: serde_json::Value = match serde_json::from_str(inner) {
+            Ok(v) => v,
+            Err(e) => panic!("event data is not JSON ({e}): {event:?}"),
+        };
+        assert!(v.is_object(), "event data is not a JSON object: {event:?}");
+    }
+}
+
+/// The wire bytes of one chunk carrying `payload`, cut into pieces at the places a proxy
+/// that forwards reads instead of chunks would break: inside the size line (when it has two
+/// digits or more, else just before its CR), inside the first multi-byte UTF-8 sequence,
+/// inside the JSON, just before the payload's CRLF, and between its CR and LF.
+pub fn hostile_pieces(payload: &[u8]) -> Vec<Vec<u8>> {
+    let wire = chunk(payload);
+    let line_len = wire
+        .iter()
+        .position(|&b| b == b'\r')
+        .expect("a size line ends in CR")
+        + 2;
+    let mut cuts = vec![if line_len > 3 { 1 } else { line_len - 2 }];
+    if let Some(i) = payload.iter().position(|&b| b >= 0x80) {
+        cuts.push(line_len + i + 1);
+    }
+    if let Some(i) = payload.windows(2).position(|w| w == b"\":") {
+        cuts.push(line_len + i + 1);
+    }
+    cuts.push(line_len + payload.len());
+    cuts.push(line_len + payload.len() + 1);
+    cuts.sort_unstable();
+    cuts.dedup();
+    let mut pieces = Vec::new();
+    let mut at = 0;
+    for c in cuts {
+        if c > at && c < wire.len() {
+            pieces.push(wire[at..c].to_vec());
+            at = c;
+        }
+    }
+    pieces.push(wire[at..].to_vec());
+    pieces
+}
+
+/// The process's resident set size in KiB (`VmRSS` of `/proc/self/status`).
+pub fn rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
