@@ -1722,6 +1722,10 @@ pub struct ServeArgs {
     /// Total attempts per request, including the first (1 disables retries).
     #[arg(long, value_name = "N")]
     pub retry_attempts: Option<u32>,
+    /// Worker threads of the runtime (default: one per CPU). `1` runs everything on one
+    /// thread, like a single-worker nginx or HAProxy.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: Option<u16>,
 }
 
 /// Load the configuration for `serve`: the `--config` file (if any), `${VAR}` expanded from
