@@ -797,58 +797,70 @@ where
         }
 
         shared.metrics.stream_started();
-        let writer = BodyWriter::new(
+        // The writer, reader and timing live outside the pump so their counts survive a
+        // cancelled pump (client gone, total timeout) for the access log and metrics.
+        let mut writer = BodyWriter::new(
             out,
             ctx.client_takes_trailers,
             cfg.timeouts.client_write_stall,
         );
-        let wr = &mut self.wr;
-        let resp = pump_response(
-            up_rd,
-            up_buf,
-            wr,
-            reader,
-            writer,
-            cfg.timeouts.stream_idle,
-            &shared.metrics,
-            ctx.started,
-        );
-        tokio::pin!(resp);
-        let total_sleep = sleep_until_opt(ctx.total_deadline);
-        tokio::pin!(total_sleep);
-        let watch_limit = cfg.limits.head.max_head_bytes;
-        let end = loop {
-            tokio::select! {
-                r = &mut resp => break Some(r),
-                p = &mut pump, if pumped.is_none() => {
-                    if let Err(PumpError::Client(e)) = &p.result {
-                        tracing::warn!(request_id = %rec.request_id, error = %e, "request body failed after the response started");
+        let mut reader = reader;
+        let mut ttfc = None;
+        let end = {
+            let resp = pump_response(
+                up_rd,
+                up_buf,
+                &mut self.wr,
+                &mut reader,
+                &mut writer,
+                &mut ttfc,
+                cfg.timeouts.stream_idle,
+                &shared.metrics,
+                ctx.started,
+            );
+            tokio::pin!(resp);
+            let total_sleep = sleep_until_opt(ctx.total_deadline);
+            tokio::pin!(total_sleep);
+            let watch_limit = cfg.limits.head.max_head_bytes;
+            loop {
+                tokio::select! {
+                    r = &mut resp => break Some(r),
+                    p = &mut pump, if pumped.is_none() => {
+                        if let Err(PumpError::Client(e)) = &p.result {
+                            tracing::warn!(request_id = %rec.request_id, error = %e, "request body failed after the response started");
+                            rec.outcome = Outcome::ClientGone;
+                            break None;
+                        }
+                        pumped = Some(p);
+                    }
+                    _ = watch_client_eof(pumped.as_mut().map(|p| &mut p.client), watch_limit), if pumped.is_some() => {
+                        tracing::info!(request_id = %rec.request_id, upstream = %ctx.upstream.name(), "client went away mid-stream: closing the upstream connection");
                         rec.outcome = Outcome::ClientGone;
                         break None;
                     }
-                    pumped = Some(p);
-                }
-                _ = watch_client_eof(pumped.as_mut().map(|p| &mut p.client), watch_limit), if pumped.is_some() => {
-                    tracing::info!(request_id = %rec.request_id, upstream = %ctx.upstream.name(), "client went away mid-stream: closing the upstream connection");
-                    rec.outcome = Outcome::ClientGone;
-                    break None;
-                }
-                _ = &mut total_sleep => {
-                    shared.metrics.timeout("total");
-                    rec.outcome = Outcome::Timeout("total");
-                    break None;
+                    _ = &mut total_sleep => {
+                        shared.metrics.timeout("total");
+                        rec.outcome = Outcome::Timeout("total");
+                        break None;
+                    }
                 }
             }
         };
         shared.metrics.stream_ended();
+        rec.bytes_out = writer.bytes;
+        rec.chunks_out = writer.chunks;
+        rec.ttfc = ttfc;
+        rec.reassembled = reader.reassembled();
+        if let Some(p) = &pumped {
+            rec.bytes_in = p.writer.bytes;
+            rec.chunks_in = p.writer.chunks;
+            rec.reassembled += p.reader.reassembled();
+        }
         let Some(out) = end else {
-            // Dropping `resp` and `pump` closes the upstream connection at once.
+            // `resp` is dropped and `pump` is dropped on return: the upstream connection
+            // closes at once.
             return After::Close;
         };
-        rec.bytes_out = out.writer.bytes;
-        rec.chunks_out = out.writer.chunks;
-        rec.ttfc = out.ttfc;
-        rec.reassembled = out.reader.reassembled();
         match out.result {
             Ok(()) => {}
             Err(RespError::Upstream(e)) => {
@@ -882,9 +894,6 @@ where
         if p.result.is_err() {
             return After::Close;
         }
-        rec.bytes_in = p.writer.bytes;
-        rec.chunks_in = p.writer.chunks;
-        rec.reassembled += p.reader.reassembled();
         if resp_meta.keep_alive && out.buf.is_empty() {
             let stream = out.rd.unsplit(p.up_wr);
             ctx.upstream
@@ -1189,9 +1198,6 @@ async fn read_response_head(
 struct RespOut {
     rd: ReadHalf<UpstreamStream>,
     buf: BytesMut,
-    reader: BodyReader,
-    writer: BodyWriter,
-    ttfc: Option<Duration>,
     result: Result<(), RespError>,
 }
 
@@ -1208,13 +1214,13 @@ async fn pump_response<W: AsyncWrite + Unpin>(
     mut rd: ReadHalf<UpstreamStream>,
     mut buf: BytesMut,
     wr: &mut W,
-    mut reader: BodyReader,
-    mut writer: BodyWriter,
+    reader: &mut BodyReader,
+    writer: &mut BodyWriter,
+    ttfc: &mut Option<Duration>,
     idle: Duration,
     metrics: &crate::metrics::Metrics,
     started: Instant,
 ) -> RespOut {
-    let mut ttfc = None;
     let mut last: Option<Instant> = None;
     let result = async {
         let mut trailers = Vec::new();
@@ -1224,7 +1230,7 @@ async fn pump_response<W: AsyncWrite + Unpin>(
                 Ok(Next::Piece(Piece::Data(d))) => {
                     let now = Instant::now();
                     match last {
-                        None => ttfc = Some(now - started),
+                        None => *ttfc = Some(now - started),
                         Some(prev) => metrics.inter_chunk_gap(now - prev),
                     }
                     last = Some(now);
@@ -1245,12 +1251,5 @@ async fn pump_response<W: AsyncWrite + Unpin>(
         }
     }
     .await;
-    RespOut {
-        rd,
-        buf,
-        reader,
-        writer,
-        ttfc,
-        result,
-    }
+    RespOut { rd, buf, result }
 }
