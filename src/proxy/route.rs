@@ -34,20 +34,16 @@ impl Route {
         }
     }
 
-    /// Does `path` (the origin-form target, query included) fall under this route?
-    /// `/openai/` matches `/openai/x` and `/openai`; `/` matches everything.
+    /// Does `path` (the origin-form target, query included) fall under this route? Matching
+    /// stops at a segment boundary: `/openai/` and `/openai` both match `/openai`,
+    /// `/openai/x` and `/openai?x`, never `/openaix`; `/` matches everything.
     pub fn matches(&self, path: &[u8]) -> bool {
         let prefix = self.prefix.as_bytes();
-        if path.starts_with(prefix) {
+        let bare = prefix.strip_suffix(b"/").unwrap_or(prefix);
+        if bare.is_empty() {
             return true;
         }
-        // `/openai/` also matches `/openai` and `/openai?x`.
-        match prefix.strip_suffix(b"/") {
-            Some(bare) if !bare.is_empty() => {
-                path.starts_with(bare) && matches!(path.get(bare.len()), None | Some(b'?'))
-            }
-            _ => false,
-        }
+        path.starts_with(bare) && matches!(path.get(bare.len()), None | Some(b'/') | Some(b'?'))
     }
 
     /// The forwarded target: upstream path prefix + (rewritten) path, always origin-form.
@@ -142,6 +138,10 @@ mod tests {
         assert_eq!(select(&routes, b"/openaix").unwrap().prefix, "/");
         assert_eq!(select(&routes, b"/local/x").unwrap().prefix, "/");
         assert!(select(&routes[1..], b"/other").is_none());
+        let bare = vec![route("/local", true, "")];
+        assert!(select(&bare, b"/local/v1").is_some());
+        assert!(select(&bare, b"/local").is_some());
+        assert!(select(&bare, b"/localx").is_none());
     }
 
     #[test]
