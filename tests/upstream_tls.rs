@@ -119,7 +119,7 @@ async fn tls_server(
                 let _ = seen_tx.send(seen).await;
                 let mut answered = 0;
                 let mut buf = [0u8; 5];
-                while replies.map_or(true, |limit| answered < limit) {
+                while replies.is_none_or(|limit| answered < limit) {
                     if tls.read_exact(&mut buf).await.is_err() || &buf != b"ping\n" {
                         return;
                     }

@@ -1,5 +1,21 @@
 //! The partial-chunk harness: split strategies, a mock LLM upstream, verifiers and the demo.
+//!
+//! - [`split`]: where a writer cuts each chunk's wire bytes into separate TCP writes.
+//! - [`script`]: the deterministic OpenAI-style content the mock sends.
+//! - [`mock`]: the mock upstream (`chunkgate mock-upstream`), with fault injection.
+//! - [`client`]: the strict raw client that records every chunk boundary exactly.
+//! - [`sse`]: checks that a piece of a stream is whole SSE events with JSON data.
+//! - [`verify`]: comparing chunks sent with chunks received, and hex dumps of failures.
+//! - [`naive`]: a client that treats each TCP read as a whole message, as frameworks that
+//!   hand out partial chunks do.
+//! - [`runner`]: `chunkgate harness`; [`demo`]: `chunkgate demo`.
 
+pub mod client;
 pub mod demo;
 pub mod mock;
+pub mod naive;
 pub mod runner;
+pub mod script;
+pub mod split;
+pub mod sse;
+pub mod verify;
