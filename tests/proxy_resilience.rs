@@ -178,6 +178,45 @@ async fn failover_from_a_503_upstream_to_the_other() {
 }
 
 #[tokio::test]
+async fn connect_refused_fails_over_to_the_other_upstream() {
+    let _gate = MEMORY_GATE.read().await;
+    bounded(TEST_LIMIT, async {
+        let (good, _) = scripted(|_| (200, vec![], "from good")).await;
+        let mut cfg = config(&[]);
+        cfg.groups[0].upstreams = vec![
+            UpstreamConfig {
+                url: http_url(closed_port().await),
+                weight: 100,
+                ca_file: None,
+            },
+            UpstreamConfig {
+                url: http_url(good.addr),
+                weight: 1,
+                ca_file: None,
+            },
+        ];
+        let proxy = TestProxy::start(cfg).await;
+        let mut retried = 0;
+        for i in 0..3 {
+            let mut client = proxy.connect().await;
+            client.send(POST).await.expect("send");
+            let resp = client.response("POST").await.expect("response");
+            assert_eq!(resp.head.status, 200, "request {i}");
+            assert_eq!(resp.body, b"from good", "request {i}");
+            if resp.head.get("x-chunkgate-retries") == Some("1") {
+                retried += 1;
+            }
+        }
+        assert!(
+            retried >= 1,
+            "the refused upstream was tried first at least once"
+        );
+        assert_eq!(good.requested(), 3);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn connect_refused_everywhere_is_502_with_retry_count() {
     let _gate = MEMORY_GATE.read().await;
     bounded(TEST_LIMIT, async {
@@ -630,7 +669,12 @@ async fn slow_reader_keeps_proxy_memory_flat() {
         })
         .await;
         let proxy = TestProxy::to(&[upstream.addr]).await;
-        let mut client = proxy.connect().await;
+        // A small receive buffer, so the kernel cannot absorb the stream for the client.
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(64 * 1024).expect("SO_RCVBUF");
+        let stream = socket.connect(proxy.addr).await.expect("connect");
+        stream.set_nodelay(true).expect("TCP_NODELAY");
+        let mut client = Peer::new(stream);
         client.send(GET).await.expect("send");
         let head = client.response_head().await.expect("head");
         assert!(head.is_chunked());
@@ -643,6 +687,7 @@ async fn slow_reader_keeps_proxy_memory_flat() {
         let mut peak = 0u64;
         let t = Instant::now();
         let mut reads = 0u64;
+        let mut max_ahead = 0usize;
         // The connection stays open after the stream (keep-alive): stop at its expected end.
         while received < expected {
             let n = client.stream.read(&mut buf).await.expect("read");
@@ -661,6 +706,8 @@ async fn slow_reader_keeps_proxy_memory_flat() {
                 baseline.get_or_insert(rss);
                 peak = peak.max(rss);
             }
+            let ahead = written.load(Ordering::Relaxed).saturating_sub(received);
+            max_ahead = max_ahead.max(ahead);
             // A slow reader: about 64 KiB per 2 ms.
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -670,8 +717,9 @@ async fn slow_reader_keeps_proxy_memory_flat() {
         let baseline = baseline.expect("measured");
         let growth_kib = peak.saturating_sub(baseline);
         eprintln!(
-            "slow reader: {} MiB in {took:?} over {reads} reads; VmRSS baseline {baseline} KiB, peak {peak} KiB, growth {growth_kib} KiB",
-            expected >> 20
+            "slow reader: {} MiB in {took:?} over {reads} reads; upstream at most {} KiB ahead of the client; VmRSS baseline {baseline} KiB, peak {peak} KiB, growth {growth_kib} KiB",
+            expected >> 20,
+            max_ahead >> 10
         );
         assert!(
             growth_kib < 6 * 1024,

@@ -460,3 +460,80 @@ async fn malformed_request_chunks_are_400_and_never_complete_upstream() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn forwarded_head_is_rewritten_like_a_reverse_proxy() {
+    bounded(TEST_LIMIT, async {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let tx = Arc::new(Mutex::new(Some(tx)));
+        let upstream = raw_upstream(move |mut peer, _| {
+            let tx = Arc::clone(&tx);
+            async move {
+                let Ok(Some(req)) = read_request(&mut peer).await else {
+                    return;
+                };
+                let _ = peer
+                    .send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive, X-Up-Hop\r\nKeep-Alive: timeout=5\r\nX-Up-Hop: 1\r\nX-Kept: yes\r\n\r\nok")
+                    .await;
+                if let Some(tx) = tx.lock().expect("lock").take() {
+                    let _ = tx.send(req.head);
+                }
+            }
+        })
+        .await;
+        let proxy = TestProxy::to(&[upstream.addr]).await;
+        let mut client = proxy.connect().await;
+        client
+            .send(
+                b"POST /v1/chat/completions?x=1 HTTP/1.1\r\n\
+                  Host: api.client.test\r\n\
+                  Connection: keep-alive, X-Hop\r\n\
+                  X-Hop: secret-hop\r\n\
+                  Keep-Alive: timeout=5\r\n\
+                  TE: trailers\r\n\
+                  Proxy-Authorization: Basic Zm9vOmJhcg==\r\n\
+                  X-Forwarded-For: 6.6.6.6\r\n\
+                  Authorization: Bearer sk-test\r\n\
+                  X-Request-Id: req-42\r\n\
+                  Content-Length: 2\r\n\
+                  \r\n{}",
+            )
+            .await
+            .expect("send");
+        let resp = client.response("POST").await.expect("response");
+        assert_eq!(resp.head.status, 200);
+        assert_eq!(resp.body, b"ok");
+        assert_eq!(resp.head.get("x-request-id"), Some("req-42"), "request id sent back");
+        assert_eq!(resp.head.get("x-kept"), Some("yes"));
+        for hop in ["x-up-hop", "keep-alive"] {
+            assert_eq!(resp.head.count(hop), 0, "{hop} leaked to the client: {resp:?}");
+        }
+
+        let head = rx.await.expect("the upstream saw the request");
+        assert_eq!(head.method, "POST");
+        assert_eq!(head.target, "/v1/chat/completions?x=1");
+        assert_eq!(head.minor, 1);
+        let authority = upstream.addr.to_string();
+        assert_eq!(head.get("host"), Some(authority.as_str()), "Host is the upstream's");
+        assert_eq!(head.count("host"), 1);
+        assert_eq!(head.get("x-forwarded-for"), Some("127.0.0.1"), "the client's claim is replaced");
+        assert_eq!(head.get("x-forwarded-proto"), Some("http"));
+        assert_eq!(head.get("x-forwarded-host"), Some("api.client.test"));
+        assert!(
+            head.get("via").is_some_and(|v| v.contains("chunkgate")),
+            "Via names the proxy: {head:?}"
+        );
+        assert_eq!(head.get("authorization"), Some("Bearer sk-test"));
+        assert_eq!(head.get("x-request-id"), Some("req-42"));
+        assert_eq!(head.content_length(), Some(2));
+        for hop in ["x-hop", "keep-alive", "te", "proxy-authorization", "transfer-encoding"] {
+            assert_eq!(head.count(hop), 0, "{hop} was forwarded: {head:?}");
+        }
+        assert!(
+            head.headers.iter().all(|(n, v)| !n.eq_ignore_ascii_case("connection")
+                || !String::from_utf8_lossy(v).to_ascii_lowercase().contains("x-hop")),
+            "Connection still names the client's hop field: {head:?}"
+        );
+    })
+    .await;
+}

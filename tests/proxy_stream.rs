@@ -580,3 +580,58 @@ async fn two_hundred_concurrent_streams_are_exact() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn trailers_cross_with_the_body() {
+    bounded(TEST_LIMIT, async {
+        let (tx, rx) = oneshot::channel();
+        let tx = Arc::new(Mutex::new(Some(tx)));
+        let upstream = raw_upstream(move |mut peer, _| {
+            let tx = Arc::clone(&tx);
+            async move {
+                while let Ok(Some(req)) = read_request(&mut peer).await {
+                    if let Some(tx) = tx.lock().expect("lock").take() {
+                        let _ = tx.send(req.chunked);
+                    }
+                    let _ = peer.send(CHUNKED_HEAD).await;
+                    let _ = peer.send(&chunk(b"data: {}\n\n")).await;
+                    let _ = peer.send(b"0\r\nX-Usage-Tokens: 12\r\n\r\n").await;
+                }
+            }
+        })
+        .await;
+        let proxy = TestProxy::to(&[upstream.addr]).await;
+
+        // Request trailers reach the upstream after the last chunk.
+        let mut client = proxy.connect().await;
+        client
+            .send(b"POST /v1/up HTTP/1.1\r\nHost: api.test\r\nTE: trailers\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-Checksum: 900150983cd24fb0\r\n\r\n")
+            .await
+            .expect("send");
+        let resp = client.response("POST").await.expect("response");
+        let body = resp.chunked.expect("chunked");
+        assert!(body.is_clean());
+        // This client said `TE: trailers`: the response trailer reaches it.
+        assert_eq!(body.trailers, vec![(b"X-Usage-Tokens".to_vec(), b"12".to_vec())]);
+        let up_body = rx.await.expect("request").expect("a chunked request body");
+        assert_eq!(up_body.chunks, vec![bytes::Bytes::from_static(b"abc")]);
+        assert_eq!(
+            up_body.trailers,
+            vec![(b"X-Checksum".to_vec(), b"900150983cd24fb0".to_vec())]
+        );
+
+        // A client that did not ask for trailers gets the body without them.
+        let mut client = proxy.connect().await;
+        client
+            .send(b"GET /v1/stream HTTP/1.1\r\nHost: api.test\r\n\r\n")
+            .await
+            .expect("send");
+        let resp = client.response("GET").await.expect("response");
+        let body = resp.chunked.expect("chunked");
+        assert!(body.is_clean());
+        body.assert_canonical();
+        assert_eq!(body.texts(), vec!["data: {}\n\n"]);
+        assert!(body.trailers.is_empty(), "trailers sent to a client that did not accept them");
+    })
+    .await;
+}

@@ -128,13 +128,6 @@ impl TestProxy {
         Peer::connect(self.addr).await
     }
 
-    /// Cancel the shutdown token and wait for `run_drained` to return.
-    pub async fn shutdown(mut self) -> io::Result<bool> {
-        self.stop.cancel();
-        let task = self.task.take().expect("the proxy task is joined once");
-        task.await.expect("the proxy task does not panic")
-    }
-
     /// Wait for `run_drained` to return (after someone cancelled [`TestProxy::stop`]).
     pub async fn join(mut self) -> io::Result<bool> {
         let task = self.task.take().expect("the proxy task is joined once");
