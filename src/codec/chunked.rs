@@ -36,6 +36,8 @@
 //! ```
 
 use std::fmt;
+
+use crate::codec::ByteDisplay;
 use std::io;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -237,20 +239,6 @@ impl DecodeError {
             self.kind,
             DecodeErrorKind::ChunkTooLarge { .. } | DecodeErrorKind::BodyTooLarge { .. }
         )
-    }
-}
-
-struct ByteDisplay(u8);
-
-impl fmt::Display for ByteDisplay {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            b'\r' => f.write_str("'\\r'"),
-            b'\n' => f.write_str("'\\n'"),
-            b'\t' => f.write_str("'\\t'"),
-            b @ 0x20..=0x7e => write!(f, "'{}'", b as char),
-            b => write!(f, "0x{b:02x}"),
-        }
     }
 }
 

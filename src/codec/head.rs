@@ -54,6 +54,8 @@
 
 use std::fmt;
 
+use crate::codec::ByteDisplay;
+
 use bytes::{Bytes, BytesMut};
 
 use crate::codec::chunked::is_tchar;
@@ -333,21 +335,6 @@ impl HeadError {
             MethodNotImplemented => 501,
             UnsupportedVersion => 505,
             _ => 400,
-        }
-    }
-}
-
-/// A byte shown in an error message.
-struct ByteDisplay(u8);
-
-impl fmt::Display for ByteDisplay {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            b'\r' => f.write_str("'\\r'"),
-            b'\n' => f.write_str("'\\n'"),
-            b'\t' => f.write_str("'\\t'"),
-            b @ 0x20..=0x7e => write!(f, "'{}'", b as char),
-            b => write!(f, "0x{b:02x}"),
         }
     }
 }

@@ -1125,11 +1125,13 @@ async fn pump_request<S: AsyncRead + Unpin>(
                         .data(&mut up_wr, &d)
                         .await
                         .map_err(PumpError::Upstream)?;
-                    metrics.chunk_forwarded(Direction::Request, d.len());
-                    if reader.reassembled() != reassembled {
-                        reassembled = reader.reassembled();
-                        metrics.chunk_reassembled(Direction::Request);
-                    }
+                    count_chunk(
+                        metrics,
+                        Direction::Request,
+                        d.len(),
+                        &reader,
+                        &mut reassembled,
+                    );
                     replay.push(&d);
                 }
                 Ok(Next::Piece(Piece::Trailers(t))) => trailers = t,
@@ -1194,6 +1196,22 @@ async fn read_response_head(
     (rd, buf, res)
 }
 
+/// Count one forwarded chunk, and whether it had to be reassembled from several reads.
+fn count_chunk(
+    metrics: &crate::metrics::Metrics,
+    dir: Direction,
+    len: usize,
+    reader: &BodyReader,
+    seen: &mut u64,
+) {
+    metrics.chunk_forwarded(dir, len);
+    let now = reader.reassembled();
+    if now != *seen {
+        *seen = now;
+        metrics.chunk_reassembled(dir);
+    }
+}
+
 /// What the response pump hands back.
 struct RespOut {
     rd: ReadHalf<UpstreamStream>,
@@ -1235,11 +1253,13 @@ async fn pump_response<W: AsyncWrite + Unpin>(
                     }
                     last = Some(now);
                     writer.data(wr, &d).await.map_err(RespError::Client)?;
-                    metrics.chunk_forwarded(Direction::Response, d.len());
-                    if reader.reassembled() != reassembled {
-                        reassembled = reader.reassembled();
-                        metrics.chunk_reassembled(Direction::Response);
-                    }
+                    count_chunk(
+                        metrics,
+                        Direction::Response,
+                        d.len(),
+                        reader,
+                        &mut reassembled,
+                    );
                 }
                 Ok(Next::Piece(Piece::Trailers(t))) => trailers = t,
                 Ok(Next::End) => {
