@@ -57,6 +57,11 @@ pub(crate) enum Piece {
 }
 
 /// Writes body pieces in the outgoing framing and keeps count.
+///
+/// Bytes set with [`BodyWriter::set_pending`] (a message head) go out in the same vectored
+/// write as the next piece, saving a system call per message when the head and the start of
+/// its body are at hand together; [`BodyWriter::flush_pending`] sends them alone when the body
+/// is not (a streaming client must get its head without waiting for the first token).
 #[derive(Debug)]
 pub(crate) struct BodyWriter {
     pub framing: OutFraming,
@@ -64,6 +69,7 @@ pub(crate) struct BodyWriter {
     pub bytes: u64,
     pub chunks: u64,
     pub write_stall: Duration,
+    pending: BytesMut,
 }
 
 impl BodyWriter {
@@ -74,37 +80,73 @@ impl BodyWriter {
             bytes: 0,
             chunks: 0,
             write_stall,
+            pending: BytesMut::new(),
         }
     }
 
-    /// Write one piece of data: a whole chunk in chunked framing, raw bytes otherwise.
+    /// Bytes to write in front of the next piece (or end).
+    pub(crate) fn set_pending(&mut self, head: BytesMut) {
+        self.pending = head;
+    }
+
+    /// Write the pending bytes alone, now.
+    pub(crate) async fn flush_pending<W: AsyncWrite + Unpin>(
+        &mut self,
+        w: &mut W,
+    ) -> Result<(), WriteError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = &self.pending;
+        let fut = async {
+            w.write_all(pending).await?;
+            w.flush().await
+        };
+        match timeout(self.write_stall, fut).await {
+            Ok(Ok(())) => {
+                self.pending.clear();
+                Ok(())
+            }
+            Ok(Err(e)) => Err(WriteError::Io(e)),
+            Err(_) => Err(WriteError::Stalled),
+        }
+    }
+
+    /// Write one piece of data: a whole chunk in chunked framing, raw bytes otherwise, behind
+    /// any pending head, in one vectored write.
     pub(crate) async fn data<W: AsyncWrite + Unpin>(
         &mut self,
         w: &mut W,
         data: &Bytes,
     ) -> Result<(), WriteError> {
         if data.is_empty() {
-            return Ok(());
+            return self.flush_pending(w).await;
         }
+        let line = SizeLine::new(data.len());
+        let chunked = self.framing == OutFraming::Chunked;
+        let pending = &self.pending;
         let fut = async {
-            match self.framing {
-                OutFraming::Chunked => {
-                    let line = SizeLine::new(data.len());
-                    let mut bufs = [
-                        IoSlice::new(line.as_bytes()),
-                        IoSlice::new(data),
-                        IoSlice::new(CRLF),
-                    ];
-                    write_all_vectored(w, &mut bufs).await?;
-                }
-                OutFraming::Length(_) | OutFraming::Close | OutFraming::None => {
-                    w.write_all(data).await?;
-                }
+            let mut slices = [IoSlice::new(&[]); 4];
+            let mut n = 0;
+            if !pending.is_empty() {
+                slices[n] = IoSlice::new(pending);
+                n += 1;
             }
+            if chunked {
+                slices[n] = IoSlice::new(line.as_bytes());
+                slices[n + 1] = IoSlice::new(data);
+                slices[n + 2] = IoSlice::new(CRLF);
+                n += 3;
+            } else {
+                slices[n] = IoSlice::new(data);
+                n += 1;
+            }
+            write_all_vectored(w, &mut slices[..n]).await?;
             w.flush().await
         };
         match timeout(self.write_stall, fut).await {
             Ok(Ok(())) => {
+                self.pending.clear();
                 self.bytes += data.len() as u64;
                 self.chunks += 1;
                 Ok(())
@@ -114,30 +156,38 @@ impl BodyWriter {
         }
     }
 
-    /// Write the end of the body: the last chunk with trailers (if forwarded) in chunked
-    /// framing; nothing for the others.
+    /// Write the end of the body (behind any pending head): the last chunk with trailers (if
+    /// forwarded) in chunked framing; nothing more for the others.
     pub(crate) async fn end<W: AsyncWrite + Unpin>(
         &mut self,
         w: &mut W,
         trailers: &[Field],
     ) -> Result<(), WriteError> {
         if self.framing != OutFraming::Chunked {
-            return Ok(());
+            return self.flush_pending(w).await;
         }
+        let mut last = BytesMut::new();
+        let end: &[u8] = if trailers.is_empty() || !self.forward_trailers {
+            LAST_CHUNK
+        } else {
+            last.extend_from_slice(b"0\r\n");
+            chunked::write_fields(trailers, &mut last);
+            last.extend_from_slice(CRLF);
+            &last
+        };
+        let pending = &self.pending;
         let fut = async {
-            if trailers.is_empty() || !self.forward_trailers {
-                w.write_all(LAST_CHUNK).await?;
-            } else {
-                let mut out = BytesMut::with_capacity(64);
-                out.extend_from_slice(b"0\r\n");
-                chunked::write_fields(trailers, &mut out);
-                out.extend_from_slice(CRLF);
-                w.write_all(&out).await?;
-            }
+            let mut slices = [IoSlice::new(pending), IoSlice::new(end)];
+            let from = usize::from(pending.is_empty());
+            write_all_vectored(w, &mut slices[from..]).await?;
             w.flush().await
         };
         match timeout(self.write_stall, fut).await {
-            Ok(r) => r.map_err(WriteError::Io),
+            Ok(Ok(())) => {
+                self.pending.clear();
+                Ok(())
+            }
+            Ok(Err(e)) => Err(WriteError::Io(e)),
             Err(_) => Err(WriteError::Stalled),
         }
     }
@@ -200,6 +250,42 @@ impl BodyReader {
         }
     }
 
+    /// The next piece if `buf` already holds it (or the end): no read. `Ok(None)` when more
+    /// bytes are needed.
+    pub(crate) fn next_buffered(&mut self, buf: &mut BytesMut) -> Result<Option<Next>, ReadError> {
+        match self {
+            BodyReader::None => Ok(Some(Next::End)),
+            BodyReader::Length { remaining } => {
+                if *remaining == 0 {
+                    return Ok(Some(Next::End));
+                }
+                if buf.is_empty() {
+                    return Ok(None);
+                }
+                let n = (*remaining).min(buf.len() as u64) as usize;
+                *remaining -= n as u64;
+                Ok(Some(Next::Piece(Piece::Data(buf.split_to(n).freeze()))))
+            }
+            BodyReader::Chunked(dec) => match dec.decode(buf) {
+                Ok(Some(Frame::Data(d))) => Ok(Some(Next::Piece(Piece::Data(d)))),
+                Ok(Some(Frame::Trailers(t))) => Ok(Some(Next::Piece(Piece::Trailers(t)))),
+                Ok(Some(Frame::End)) => Ok(Some(Next::End)),
+                Ok(None) if dec.is_done() => Ok(Some(Next::End)),
+                Ok(None) => Ok(None),
+                Err(e) => Err(ReadError::Decode(e)),
+            },
+            BodyReader::Close { ended } => {
+                if !buf.is_empty() {
+                    Ok(Some(Next::Piece(Piece::Data(buf.split().freeze()))))
+                } else if *ended {
+                    Ok(Some(Next::End))
+                } else {
+                    Ok(None)
+                }
+            }
+        }
+    }
+
     /// The next piece of the body, reading from `r` into `buf` as needed. Bytes after the body
     /// stay in `buf`. Cancel safe: a cancelled call loses no bytes (they stay in `buf`).
     pub(crate) async fn next<R: AsyncRead + Unpin>(
@@ -209,34 +295,8 @@ impl BodyReader {
         idle: Duration,
     ) -> Result<Next, ReadError> {
         loop {
-            match self {
-                BodyReader::None => return Ok(Next::End),
-                BodyReader::Length { remaining } => {
-                    if *remaining == 0 {
-                        return Ok(Next::End);
-                    }
-                    if !buf.is_empty() {
-                        let n = (*remaining).min(buf.len() as u64) as usize;
-                        *remaining -= n as u64;
-                        return Ok(Next::Piece(Piece::Data(buf.split_to(n).freeze())));
-                    }
-                }
-                BodyReader::Chunked(dec) => match dec.decode(buf) {
-                    Ok(Some(Frame::Data(d))) => return Ok(Next::Piece(Piece::Data(d))),
-                    Ok(Some(Frame::Trailers(t))) => return Ok(Next::Piece(Piece::Trailers(t))),
-                    Ok(Some(Frame::End)) => return Ok(Next::End),
-                    Ok(None) if dec.is_done() => return Ok(Next::End),
-                    Ok(None) => {}
-                    Err(e) => return Err(ReadError::Decode(e)),
-                },
-                BodyReader::Close { ended } => {
-                    if !buf.is_empty() {
-                        return Ok(Next::Piece(Piece::Data(buf.split().freeze())));
-                    }
-                    if *ended {
-                        return Ok(Next::End);
-                    }
-                }
+            if let Some(next) = self.next_buffered(buf)? {
+                return Ok(next);
             }
             // Need more bytes.
             if buf.capacity() - buf.len() < 1024 {
@@ -258,9 +318,7 @@ impl BodyReader {
                             Err(e) => Err(ReadError::Decode(e)),
                         };
                     }
-                    BodyReader::Length { .. } => {
-                        return Err(ReadError::Eof);
-                    }
+                    BodyReader::Length { .. } => return Err(ReadError::Eof),
                     BodyReader::None => return Ok(Next::End),
                 }
             }

@@ -319,10 +319,8 @@ where
 
         // The request body as sent so far, kept for a replay while it fits.
         let mut replay = Replay::new(cfg.retry.max_replay_body);
-        let mut body_done = matches!(reader, BodyReader::None);
-        if body_done {
-            replay.finish(Vec::new());
-        }
+        // The body was read whole by an earlier attempt (and is held in `replay`).
+        let mut body_done = false;
         let mut sent_continue = false;
         let mut tried: Vec<usize> = Vec::new();
         let mut attempt: u32 = 0;
@@ -410,23 +408,30 @@ where
             head_buf.clear();
             headers::write_request_head(head, &ctx, &out_framing, &mut head_buf);
             let mut writer = BodyWriter::new(body_out, true, cfg.timeouts.stream_idle);
-            let wrote = async {
-                up_wr.write_all(&head_buf).await?;
-                for p in replay.pieces() {
-                    match p {
-                        Piece::Data(d) => writer.data(&mut up_wr, d).await.map_err(write_io)?,
-                        Piece::Trailers(_) => {}
+            let wrote = if !body_done && replay.pieces().is_empty() {
+                // Nothing of the body was sent yet: the head goes out together with the first
+                // piece of the body if it is at hand (one write instead of two), else alone.
+                writer.set_pending(head_buf.split());
+                Ok(())
+            } else {
+                // A retry: the head, then the body as held for replay.
+                async {
+                    up_wr.write_all(&head_buf).await?;
+                    for p in replay.pieces() {
+                        if let Piece::Data(d) = p {
+                            writer.data(&mut up_wr, d).await.map_err(write_io)?;
+                        }
                     }
+                    if body_done && replay.complete() {
+                        writer
+                            .end(&mut up_wr, replay.trailers())
+                            .await
+                            .map_err(write_io)?;
+                    }
+                    up_wr.flush().await
                 }
-                if body_done && replay.complete() {
-                    writer
-                        .end(&mut up_wr, replay.trailers())
-                        .await
-                        .map_err(write_io)?;
-                }
-                up_wr.flush().await
-            }
-            .await;
+                .await
+            };
             if let Err(e) = wrote {
                 breaker_failure(&shared.metrics, &upstream);
                 last_err = Some(ExchangeError::UpstreamIo(e));
@@ -786,16 +791,6 @@ where
             &extra,
             &mut head_out,
         );
-        let wrote = timeout(cfg.timeouts.client_write_stall, async {
-            self.wr.write_all(&head_out).await?;
-            self.wr.flush().await
-        })
-        .await;
-        if !matches!(wrote, Ok(Ok(()))) {
-            rec.outcome = Outcome::ClientGone;
-            return After::Close;
-        }
-
         shared.metrics.stream_started();
         // The writer, reader and timing live outside the pump so their counts survive a
         // cancelled pump (client gone, total timeout) for the access log and metrics.
@@ -804,6 +799,8 @@ where
             ctx.client_takes_trailers,
             cfg.timeouts.client_write_stall,
         );
+        // The head leaves with the first piece of the body when that is already here.
+        writer.set_pending(head_out);
         let mut reader = reader;
         let mut ttfc = None;
         let end = {
@@ -1119,7 +1116,19 @@ async fn pump_request<S: AsyncRead + Unpin>(
         let mut trailers = Vec::new();
         let mut reassembled = reader.reassembled();
         loop {
-            match reader.next(&mut client.rd, &mut client.buf, idle).await {
+            let next = match reader.next_buffered(&mut client.buf) {
+                Ok(Some(next)) => Ok(next),
+                Ok(None) => {
+                    // Nothing at hand: the head must not wait for the body.
+                    writer
+                        .flush_pending(&mut up_wr)
+                        .await
+                        .map_err(PumpError::Upstream)?;
+                    reader.next(&mut client.rd, &mut client.buf, idle).await
+                }
+                Err(e) => Err(e),
+            };
+            match next {
                 Ok(Next::Piece(Piece::Data(d))) => {
                     writer
                         .data(&mut up_wr, &d)
@@ -1244,7 +1253,16 @@ async fn pump_response<W: AsyncWrite + Unpin>(
         let mut trailers = Vec::new();
         let mut reassembled = 0;
         loop {
-            match reader.next(&mut rd, &mut buf, idle).await {
+            let next = match reader.next_buffered(&mut buf) {
+                Ok(Some(next)) => Ok(next),
+                Ok(None) => {
+                    // Nothing at hand: the client gets the head now, not with the first chunk.
+                    writer.flush_pending(wr).await.map_err(RespError::Client)?;
+                    reader.next(&mut rd, &mut buf, idle).await
+                }
+                Err(e) => Err(e),
+            };
+            match next {
                 Ok(Next::Piece(Piece::Data(d))) => {
                     let now = Instant::now();
                     match last {
