@@ -655,13 +655,50 @@ impl ChunkedDecoder {
             };
             return Ok(false);
         }
+        self.line_done(size, len)?;
+        Ok(true)
+    }
+
+    /// The fast path of [`Self::size_line`] for the common case: at the start of a size line,
+    /// the whole line is in `buf` and is nothing but 1 to 16 hex digits and CRLF, within the
+    /// limits. Anything else (extensions, a fault, a partial line) returns `Ok(false)` without
+    /// consuming a byte, and the state machine takes over, so verdicts never differ.
+    #[inline]
+    fn size_line_fast(&mut self, buf: &mut BytesMut) -> Result<bool, DecodeError> {
+        let bytes = &buf[..];
+        let end = bytes.len().min(16);
+        let mut size: u64 = 0;
+        let mut i = 0;
+        while i < end {
+            match hex_value(bytes[i]) {
+                Some(v) => size = (size << 4) | u64::from(v),
+                None => break,
+            }
+            i += 1;
+        }
+        if i == 0
+            || bytes.get(i) != Some(&b'\r')
+            || bytes.get(i + 1) != Some(&b'\n')
+            || i > self.limits.max_size_line
+            || size > self.limits.max_chunk_size
+        {
+            return Ok(false);
+        }
+        self.advance(buf, i + 2);
+        self.line_done(size, i)?;
+        Ok(true)
+    }
+
+    /// A size line of `len` bytes (CRLF excluded) declaring `size` was read: move on to the
+    /// payload or, for the last chunk, to the trailer section.
+    fn line_done(&mut self, size: u64, len: usize) -> Result<(), DecodeError> {
         if size == 0 {
             self.state = State::Trailers {
                 scanned: 0,
                 line_start: 0,
                 fields: 0,
             };
-            return Ok(true);
+            return Ok(());
         }
         // `size` ≤ max_chunk_size ≤ isize::MAX - 2, so it fits a usize.
         let body_len = self.body_len.saturating_add(size);
@@ -679,7 +716,7 @@ impl ChunkedDecoder {
         self.state = State::Data {
             size: size as usize,
         };
-        Ok(true)
+        Ok(())
     }
 
     /// Check the trailer section bytes not yet scanned. `Ok(Some(n))` when the section,
@@ -764,6 +801,9 @@ impl Decoder for ChunkedDecoder {
         loop {
             match self.state {
                 State::SizeLine { .. } => {
+                    if self.state == INITIAL_SIZE_LINE && self.size_line_fast(buf)? {
+                        continue;
+                    }
                     if !self.size_line(buf)? {
                         if !self.at_chunk_boundary() {
                             self.waited = true;
@@ -788,8 +828,10 @@ impl Decoder for ChunkedDecoder {
                         let found = buf[size + 1];
                         return Err(self.err(DecodeErrorKind::MissingDataCrlf { found }, size + 1));
                     }
-                    let data = buf.split_to(size).freeze();
-                    buf.advance(2);
+                    // One split for payload and CRLF, then drop the CRLF from the piece.
+                    let mut data = buf.split_to(need);
+                    data.truncate(size);
+                    let data = data.freeze();
                     self.consumed += need as u64;
                     self.chunks += 1;
                     if self.waited {
