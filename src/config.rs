@@ -11,6 +11,10 @@ use std::time::Duration;
 use crate::codec::chunked::Limits as ChunkLimits;
 use crate::codec::head::HeadLimits;
 
+/// The largest `limits.max_chunk_size` accepted: a stream buffers one whole chunk, so this
+/// bounds the memory a single peer can make one stream hold.
+pub const MAX_CHUNK_SIZE_CEILING: u64 = 1 << 30;
+
 /// The whole, validated configuration of one chunkgate process.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -1344,7 +1348,15 @@ fn convert(ctx: &Ctx<'_>, root: file::Root) -> Result<Config, ConfigError> {
     if let Some(l) = &root.limits {
         let mut chunk = cfg.limits.chunk;
         if let Some(v) = &l.max_chunk_size {
-            chunk = chunk.max_chunk_size(ctx.size(v, "limits.max_chunk_size")?);
+            let n = ctx.size(v, "limits.max_chunk_size")?;
+            if n > MAX_CHUNK_SIZE_CEILING {
+                return ctx.fail(
+                    v,
+                    "limits.max_chunk_size",
+                    "must be at most 1GiB (a stream holds one whole chunk in memory)",
+                );
+            }
+            chunk = chunk.max_chunk_size(n);
         }
         if let Some(v) = &l.max_size_line {
             chunk = chunk.max_size_line(ctx.size_usize(v, "limits.max_size_line")?);
@@ -1885,6 +1897,12 @@ fn apply_flags(cfg: &mut Config, args: &ServeArgs) -> Result<(), ConfigError> {
             return Err(ConfigError::flag(
                 "--max-chunk-size",
                 "must be greater than zero".to_string(),
+            ));
+        }
+        if n > MAX_CHUNK_SIZE_CEILING {
+            return Err(ConfigError::flag(
+                "--max-chunk-size",
+                "must be at most 1GiB (a stream holds one whole chunk in memory)".to_string(),
             ));
         }
         if cfg.limits.chunk.body_size_limit().is_some_and(|b| b < n) {

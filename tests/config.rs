@@ -463,6 +463,12 @@ fn every_validation_error_names_line_and_key() {
             "greater than zero",
         ),
         (
+            "[limits]\nmax_chunk_size = \"2GiB\"\n".into(),
+            2,
+            "limits.max_chunk_size",
+            "at most 1GiB",
+        ),
+        (
             "[limits]\nmax_chunk_size = -5\n".into(),
             2,
             "limits.max_chunk_size",
