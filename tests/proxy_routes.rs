@@ -1,0 +1,311 @@
+//! Routes and operations end to end: prefix stripping and rewriting, header injection that
+//! never reaches the client, inbound bearer tokens, and TLS termination on the listener.
+
+mod common;
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chunkgate::config::{Config, ListenerConfig, RouteConfig, TlsServerConfig};
+use http_body_util::BodyExt;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+
+use common::*;
+
+const LIMIT: Duration = Duration::from_secs(10);
+const SECRET: &str = "sk-injected-secret-0123456789";
+
+/// A hyper upstream that answers with what it saw: the path, then `name=value` lines for the
+/// headers the tests look at.
+async fn echo_upstream() -> Upstream {
+    hyper_upstream(|req: Request<hyper::body::Incoming>| async move {
+        let mut seen = format!("path={}\n", req.uri());
+        for name in ["authorization", "x-forwarded-proto", "x-team", "host"] {
+            for v in req.headers().get_all(name) {
+                seen.push_str(&format!("{name}={}\n", v.to_str().unwrap_or("?")));
+            }
+        }
+        response(200, &[("content-type", "text/plain")], TestBody::full(seen))
+    })
+    .await
+}
+
+fn route(prefix: &str, group: &str) -> RouteConfig {
+    RouteConfig {
+        prefix: prefix.into(),
+        group: group.into(),
+        strip_prefix: prefix != "/",
+        rewrite_prefix: String::new(),
+        inject_headers: Vec::new(),
+        require_bearer: Vec::new(),
+    }
+}
+
+/// Two groups, `a` and `b`, each one upstream, and no route yet.
+fn two_groups(a: &Upstream, b: &Upstream) -> Config {
+    let mut cfg = config(&[a.addr]);
+    let mut second = cfg.groups[0].clone();
+    second.name = "b".into();
+    second.upstreams[0].url = http_url(b.addr);
+    cfg.groups[0].name = "a".into();
+    cfg.groups.push(second);
+    cfg.routes.clear();
+    cfg
+}
+
+async fn get(proxy: &TestProxy, target: &str, extra: &str) -> RawResponse {
+    let mut peer = proxy.connect().await;
+    let req = format!("GET {target} HTTP/1.1\r\nHost: gateway.test\r\n{extra}\r\n");
+    peer.send(req.as_bytes()).await.expect("send");
+    peer.response("GET").await.expect("response")
+}
+
+#[tokio::test]
+async fn routes_strip_and_rewrite_prefixes() {
+    bounded(LIMIT, async {
+        let a = echo_upstream().await;
+        let b = echo_upstream().await;
+        let mut cfg = two_groups(&a, &b);
+        cfg.routes.push(route("/openai/", "a"));
+        let mut local = route("/local/", "b");
+        local.rewrite_prefix = "/api".into();
+        cfg.routes.push(local);
+        let proxy = TestProxy::start(cfg).await;
+
+        let r = get(&proxy, "/openai/v1/models?limit=2", "").await;
+        assert_eq!(r.head.status, 200);
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        assert!(body.contains("path=/v1/models?limit=2\n"), "{body}");
+        assert!(
+            body.contains(&format!("host=127.0.0.1:{}\n", a.addr.port())),
+            "{body}"
+        );
+
+        let r = get(&proxy, "/local/v1/chat", "").await;
+        assert_eq!(r.head.status, 200);
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        assert!(body.contains("path=/api/v1/chat\n"), "{body}");
+        assert_eq!(a.requested(), 1);
+        assert_eq!(b.requested(), 1);
+
+        // No route: 404 with the JSON error, nothing forwarded.
+        let r = get(&proxy, "/other/v1", "").await;
+        assert_eq!(r.head.status, 404);
+        assert_eq!(r.error_json().1, "not_found");
+        // `/openaix` is not under `/openai/`.
+        let r = get(&proxy, "/openaix", "").await;
+        assert_eq!(r.head.status, 404);
+        assert_eq!(a.requested() + b.requested(), 2);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn injected_header_reaches_upstream_and_never_the_client() {
+    bounded(LIMIT, async {
+        let a = echo_upstream().await;
+        let b = echo_upstream().await;
+        let mut cfg = two_groups(&a, &b);
+        let mut r = route("/openai/", "a");
+        r.inject_headers = vec![
+            ("Authorization".into(), format!("Bearer {SECRET}")),
+            ("X-Team".into(), "blue".into()),
+        ];
+        cfg.routes.push(r);
+        let proxy = TestProxy::start(cfg).await;
+
+        // The client's own Authorization and X-Team are replaced, not appended to.
+        let resp = get(
+            &proxy,
+            "/openai/v1/models",
+            "Authorization: Bearer client-token\r\nX-Team: red\r\n",
+        )
+        .await;
+        assert_eq!(resp.head.status, 200);
+        let seen = String::from_utf8_lossy(&resp.body).into_owned();
+        // The upstream echoes what it received; the proxy itself adds nothing of the request
+        // to the response. Strip the echo and check the rest of the answer.
+        assert!(seen.contains(&format!("authorization=Bearer {SECRET}\n")), "{seen}");
+        assert!(seen.contains("x-team=blue\n"), "{seen}");
+        assert!(!seen.contains("client-token"), "{seen}");
+        assert!(!seen.contains("x-team=red"), "{seen}");
+        let head = String::from_utf8_lossy(&resp.head.raw).into_owned();
+        assert!(!head.contains(SECRET), "the secret leaked into the response head: {head}");
+        assert!(!head.to_ascii_lowercase().contains("authorization"), "{head}");
+
+        // An error answered by the proxy itself carries no request header either.
+        let mut peer = proxy.connect().await;
+        peer.send(b"GET /openai/v1 HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await
+            .expect("send");
+        let err = peer.response("GET").await.expect("response");
+        assert_eq!(err.head.status, 400);
+        assert!(!String::from_utf8_lossy(&err.head.raw).contains(SECRET));
+        assert!(!String::from_utf8_lossy(&err.body).contains(SECRET));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn inbound_bearer_tokens_are_required_and_not_forwarded() {
+    bounded(LIMIT, async {
+        let a = echo_upstream().await;
+        let b = echo_upstream().await;
+        let mut cfg = two_groups(&a, &b);
+        let mut r = route("/", "a");
+        r.require_bearer = vec!["app-token-1".into(), "app-token-2".into()];
+        cfg.routes.push(r);
+        let proxy = TestProxy::start(cfg).await;
+
+        for extra in [
+            "",
+            "Authorization: Bearer wrong\r\n",
+            "Authorization: Basic app-token-1\r\n",
+        ] {
+            let resp = get(&proxy, "/v1/models", extra).await;
+            assert_eq!(resp.head.status, 401, "{extra:?}");
+            let (kind, code) = resp.error_json();
+            assert_eq!(
+                (kind.as_str(), code.as_str()),
+                ("authentication_error", "unauthorized")
+            );
+        }
+        assert_eq!(
+            a.requested(),
+            0,
+            "unauthorized requests must not be forwarded"
+        );
+
+        let resp = get(
+            &proxy,
+            "/v1/models",
+            "Authorization: Bearer app-token-2\r\n",
+        )
+        .await;
+        assert_eq!(resp.head.status, 200);
+        let seen = String::from_utf8_lossy(&resp.body).into_owned();
+        assert!(
+            !seen.contains("authorization="),
+            "the inbound token was forwarded: {seen}"
+        );
+        assert_eq!(a.requested(), 1);
+    })
+    .await;
+}
+
+/// A CA and a certificate for `localhost`/`127.0.0.1` in PEM files, plus the CA for clients.
+struct ServerPki {
+    ca: CertificateDer<'static>,
+    cert: tempfile::NamedTempFile,
+    key: tempfile::NamedTempFile,
+}
+
+fn server_pki() -> ServerPki {
+    let ca_key = rcgen::KeyPair::generate().expect("ca key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "chunkgate listener test ca");
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
+    let leaf_params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("leaf params");
+    let leaf = leaf_params
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .expect("leaf");
+    let pem_file = |prefix: &str, text: String| {
+        let mut f = tempfile::Builder::new()
+            .prefix(prefix)
+            .suffix(".pem")
+            .tempfile()
+            .expect("temp file");
+        f.write_all(text.as_bytes()).expect("write pem");
+        f.flush().expect("flush pem");
+        f
+    };
+    ServerPki {
+        ca: ca.der().clone(),
+        cert: pem_file("chunkgate-listener-cert-", leaf.pem()),
+        key: pem_file("chunkgate-listener-key-", leaf_key.serialize_pem()),
+    }
+}
+
+#[tokio::test]
+async fn tls_termination_streams_chunks_to_a_tls_client() {
+    bounded(LIMIT, async {
+        let pki = server_pki();
+        // An upstream that streams three chunks, each written in two pieces.
+        let upstream = raw_upstream(|mut peer, _| async move {
+            let head = peer.request_head().await.expect("request head");
+            assert_eq!(head.get("x-forwarded-proto"), Some("https"));
+            peer.send(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .await
+                .expect("head");
+            for event in ["data: 안녕\n\n", "data: 🦀\n\n", "data: [DONE]\n\n"] {
+                let wire = chunk(event.as_bytes());
+                let (a, b) = wire.split_at(wire.len() / 2 + 1);
+                peer.send_pieces(&[a, b]).await.expect("chunk");
+            }
+            peer.send(b"0\r\n\r\n").await.expect("end");
+        })
+        .await;
+        let mut cfg = config(&[upstream.addr]);
+        cfg.listeners = vec![ListenerConfig {
+            addr: "127.0.0.1:0".parse().expect("addr"),
+            tls: Some(TlsServerConfig {
+                cert: pki.cert.path().to_path_buf(),
+                key: pki.key.path().to_path_buf(),
+            }),
+            max_connections: 100,
+        }];
+        let proxy = TestProxy::start(cfg).await;
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(pki.ca.clone()).expect("trust the test ca");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut client_cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client_cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_cfg));
+        let tcp = TcpStream::connect(proxy.addr).await.expect("connect");
+        let tls = connector
+            .connect(ServerName::try_from("localhost").expect("name"), tcp)
+            .await
+            .expect("tls handshake with the listener");
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .expect("http handshake");
+        tokio::spawn(conn);
+        let req = Request::post("/v1/chat/completions")
+            .header("host", "localhost")
+            .body(TestBody::full(Bytes::from_static(b"{\"stream\":true}")))
+            .expect("request");
+        let resp = send.send_request(req).await.expect("response");
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let mut frames = Vec::new();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.expect("body frame").into_data() {
+                frames.push(data);
+            }
+        }
+        let all: Vec<u8> = frames.concat();
+        assert_eq!(
+            String::from_utf8(all).expect("utf-8"),
+            "data: 안녕\n\ndata: 🦀\n\ndata: [DONE]\n\n"
+        );
+    })
+    .await;
+}
