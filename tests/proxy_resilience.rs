@@ -648,7 +648,7 @@ async fn slow_reader_keeps_proxy_memory_flat() {
     let _gate = MEMORY_GATE.write().await;
     bounded(Duration::from_secs(30), async {
         const CHUNK: usize = 16 * 1024;
-        const CHUNKS: usize = 1280; // 20 MiB
+        const CHUNKS: usize = 6400; // 100 MiB
         let one = chunk(&vec![b'x'; CHUNK]);
         let written = Arc::new(AtomicUsize::new(0));
         let written_up = Arc::clone(&written);
