@@ -17,8 +17,37 @@ use crate::codec::chunked::{
     self, ChunkedDecoder, DecodeError, Field, Frame, SizeLine, CRLF, LAST_CHUNK,
 };
 
-/// Read buffer growth step for body reads.
-pub(crate) const READ_CHUNK: usize = 8 * 1024;
+/// How much room to make in a read buffer before a body read: small for token streams (an
+/// idle stream should not pin a large buffer), doubling while reads fill the room given
+/// (bulk transfers get large reads), halving again when they do not.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReadSize(usize);
+
+impl ReadSize {
+    const MIN: usize = 2 * 1024;
+    const MAX: usize = 64 * 1024;
+
+    pub(crate) fn new() -> ReadSize {
+        ReadSize(Self::MIN)
+    }
+
+    /// Make room in `buf` for the next read; returns the room available.
+    fn prepare(&self, buf: &mut BytesMut) -> usize {
+        if buf.capacity() - buf.len() < self.0 / 2 {
+            buf.reserve(self.0);
+        }
+        buf.capacity() - buf.len()
+    }
+
+    /// Learn from a read of `n` bytes into `room` bytes of space.
+    fn learn(&mut self, n: usize, room: usize) {
+        if n >= room {
+            self.0 = (self.0 * 2).min(Self::MAX);
+        } else if n < self.0 / 4 {
+            self.0 = (self.0 / 2).max(Self::MIN);
+        }
+    }
+}
 
 /// Write every byte of `bufs` with vectored writes. Cancel safe only in the sense that a
 /// cancelled call leaves the stream in an unknown state: callers close it on cancellation.
@@ -104,7 +133,8 @@ impl BodyWriter {
         };
         match timeout(self.write_stall, fut).await {
             Ok(Ok(())) => {
-                self.pending.clear();
+                // Free the head's buffer: a long stream should not keep it.
+                self.pending = BytesMut::new();
                 Ok(())
             }
             Ok(Err(e)) => Err(WriteError::Io(e)),
@@ -146,7 +176,9 @@ impl BodyWriter {
         };
         match timeout(self.write_stall, fut).await {
             Ok(Ok(())) => {
-                self.pending.clear();
+                if !self.pending.is_empty() {
+                    self.pending = BytesMut::new();
+                }
                 self.bytes += data.len() as u64;
                 self.chunks += 1;
                 Ok(())
@@ -184,7 +216,8 @@ impl BodyWriter {
         };
         match timeout(self.write_stall, fut).await {
             Ok(Ok(())) => {
-                self.pending.clear();
+                // Free the head's buffer: a long stream should not keep it.
+                self.pending = BytesMut::new();
                 Ok(())
             }
             Ok(Err(e)) => Err(WriteError::Io(e)),
@@ -293,20 +326,20 @@ impl BodyReader {
         r: &mut R,
         buf: &mut BytesMut,
         idle: Duration,
+        size: &mut ReadSize,
     ) -> Result<Next, ReadError> {
         loop {
             if let Some(next) = self.next_buffered(buf)? {
                 return Ok(next);
             }
             // Need more bytes.
-            if buf.capacity() - buf.len() < 1024 {
-                buf.reserve(READ_CHUNK);
-            }
+            let room = size.prepare(buf);
             let n = match timeout(idle, r.read_buf(buf)).await {
                 Err(_) => return Err(ReadError::Idle),
                 Ok(Err(e)) => return Err(ReadError::Io(e)),
                 Ok(Ok(n)) => n,
             };
+            size.learn(n, room);
             if n == 0 {
                 match self {
                     BodyReader::Close { ended } => *ended = true,

@@ -32,7 +32,9 @@ use crate::codec::head::{
 };
 use crate::logging::{ExchangeRecord, Outcome};
 use crate::metrics::Direction;
-use crate::proxy::body::{BodyReader, BodyWriter, Next, OutFraming, Piece, ReadError, WriteError};
+use crate::proxy::body::{
+    BodyReader, BodyWriter, Next, OutFraming, Piece, ReadError, ReadSize, WriteError,
+};
 use crate::proxy::error::{write_error_response, ExchangeError};
 use crate::proxy::headers::{self, ForwardContext};
 use crate::proxy::route;
@@ -55,7 +57,7 @@ pub(crate) async fn serve_connection<S>(
     let mut conn = ClientConn {
         rd: Some(ClientRead {
             rd,
-            buf: BytesMut::with_capacity(4096),
+            buf: BytesMut::with_capacity(CLIENT_BUF),
         }),
         wr,
         peer,
@@ -71,6 +73,10 @@ pub(crate) async fn serve_connection<S>(
 fn shared_metrics(s: &Shared) -> &crate::metrics::Metrics {
     &s.metrics
 }
+
+/// Initial size of a client connection's read buffer: room for an ordinary request head;
+/// it grows when a head or body needs more.
+const CLIENT_BUF: usize = 2048;
 
 /// The read side of a client connection with its buffer (bytes read but not yet used).
 pub(crate) struct ClientRead<S> {
@@ -163,7 +169,7 @@ where
                 idle_deadline
             };
             if cr.buf.capacity() - cr.buf.len() < 512 {
-                cr.buf.reserve(4096);
+                cr.buf.reserve(CLIENT_BUF);
             }
             tokio::select! {
                 biased;
@@ -411,7 +417,7 @@ where
             let wrote = if !body_done && replay.pieces().is_empty() {
                 // Nothing of the body was sent yet: the head goes out together with the first
                 // piece of the body if it is at hand (one write instead of two), else alone.
-                writer.set_pending(head_buf.split());
+                writer.set_pending(std::mem::take(&mut head_buf));
                 Ok(())
             } else {
                 // A retry: the head, then the body as held for replay.
@@ -723,7 +729,10 @@ where
     {
         let shared = Arc::clone(&self.shared);
         let cfg = &shared.config;
-        let resp_meta = match framing::response_meta(&ctx.head.method, &ctx.resp_head) {
+        // Taken out of `ctx` so it can be dropped once written: it holds a slice of the
+        // upstream read buffer, which would otherwise stay pinned for the whole stream.
+        let resp_head = ctx.resp_head;
+        let resp_meta = match framing::response_meta(&ctx.head.method, &resp_head) {
             Ok(m) => m,
             Err(e) => {
                 breaker_failure(&shared.metrics, ctx.upstream);
@@ -740,7 +749,7 @@ where
         let (reader, client_framing) = match resp_meta.framing {
             BodyFraming::None => {
                 let cl = if is_head {
-                    head_content_length(&ctx.resp_head)
+                    head_content_length(&resp_head)
                 } else {
                     None
                 };
@@ -783,7 +792,7 @@ where
         }
         let mut head_out = BytesMut::with_capacity(512);
         headers::write_response_head(
-            &ctx.resp_head,
+            &resp_head,
             ctx.head.version,
             &client_framing,
             keep_alive,
@@ -799,6 +808,7 @@ where
             ctx.client_takes_trailers,
             cfg.timeouts.client_write_stall,
         );
+        drop(resp_head);
         // The head leaves with the first piece of the body when that is already here.
         writer.set_pending(head_out);
         let mut reader = reader;
@@ -1010,8 +1020,8 @@ async fn watch_client_eof<S: AsyncRead + Unpin>(client: Option<&mut ClientRead<S
         if c.buf.len() >= limit {
             return std::future::pending().await;
         }
-        if c.buf.capacity() - c.buf.len() < 512 {
-            c.buf.reserve(4096);
+        if c.buf.capacity() - c.buf.len() < 256 {
+            c.buf.reserve(1024);
         }
         match c.rd.read_buf(&mut c.buf).await {
             Ok(0) | Err(_) => return,
@@ -1115,6 +1125,7 @@ async fn pump_request<S: AsyncRead + Unpin>(
         }
         let mut trailers = Vec::new();
         let mut reassembled = reader.reassembled();
+        let mut read_size = ReadSize::new();
         loop {
             let next = match reader.next_buffered(&mut client.buf) {
                 Ok(Some(next)) => Ok(next),
@@ -1124,7 +1135,9 @@ async fn pump_request<S: AsyncRead + Unpin>(
                         .flush_pending(&mut up_wr)
                         .await
                         .map_err(PumpError::Upstream)?;
-                    reader.next(&mut client.rd, &mut client.buf, idle).await
+                    reader
+                        .next(&mut client.rd, &mut client.buf, idle, &mut read_size)
+                        .await
                 }
                 Err(e) => Err(e),
             };
@@ -1190,8 +1203,8 @@ async fn read_response_head(
                 Ok(None) => {}
                 Err(e) => return Err(ExchangeError::UpstreamHead(e)),
             }
-            if buf.capacity() - buf.len() < 1024 {
-                buf.reserve(8192);
+            if buf.capacity() - buf.len() < 512 {
+                buf.reserve(2048);
             }
             match rd.read_buf(&mut buf).await {
                 Ok(0) => return Err(ExchangeError::UpstreamClosed),
@@ -1252,13 +1265,14 @@ async fn pump_response<W: AsyncWrite + Unpin>(
     let result = async {
         let mut trailers = Vec::new();
         let mut reassembled = 0;
+        let mut read_size = ReadSize::new();
         loop {
             let next = match reader.next_buffered(&mut buf) {
                 Ok(Some(next)) => Ok(next),
                 Ok(None) => {
                     // Nothing at hand: the client gets the head now, not with the first chunk.
                     writer.flush_pending(wr).await.map_err(RespError::Client)?;
-                    reader.next(&mut rd, &mut buf, idle).await
+                    reader.next(&mut rd, &mut buf, idle, &mut read_size).await
                 }
                 Err(e) => Err(e),
             };

@@ -32,7 +32,7 @@ use super::connect::{ConnectError, Connector, UpstreamStream};
 use crate::config::PoolConfig;
 
 /// Capacity of the read buffer of a new connection, in bytes.
-pub const READ_BUF_CAPACITY: usize = 8 * 1024;
+pub const READ_BUF_CAPACITY: usize = 2 * 1024;
 
 /// A returned connection whose read buffer grew beyond this many bytes gets a fresh buffer of
 /// [`READ_BUF_CAPACITY`], so idle connections do not pin large allocations.
