@@ -152,14 +152,13 @@ declare -A MEASURE_PID=()
 
 start_chunkgate() {
     render "$CONF_DIR/chunkgate.toml" "$WORK/chunkgate.toml" "$WORK" "$P_CG"
-    # One runtime worker thread, like nginx's one worker and HAProxy's one thread (tokio reads
-    # TOKIO_WORKER_THREADS when the program does not set a count itself).
-    TOKIO_WORKER_THREADS=1 "$BIN" serve --config "$WORK/chunkgate.toml" >"$WORK/chunkgate.log" 2>&1 &
+    # One runtime thread, like nginx's one worker and HAProxy's one thread.
+    "$BIN" serve --workers 1 --config "$WORK/chunkgate.toml" >"$WORK/chunkgate.log" 2>&1 &
     PID_OF[chunkgate]=$!
     if ! wait_port "$P_CG" 5; then
         stop chunkgate
         # The flags alone (default pool of 1,024 upstream connections, which caps the idle runs).
-        TOKIO_WORKER_THREADS=1 "$BIN" serve --listen "127.0.0.1:$P_CG" --upstream "http://127.0.0.1:$P_UP" --no-access-log \
+        "$BIN" serve --workers 1 --listen "127.0.0.1:$P_CG" --upstream "http://127.0.0.1:$P_UP" --no-access-log \
             >>"$WORK/chunkgate.log" 2>&1 &
         PID_OF[chunkgate]=$!
         if ! wait_port "$P_CG" 5; then
