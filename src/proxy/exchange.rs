@@ -441,7 +441,7 @@ where
             if let Err(e) = wrote {
                 breaker_failure(&shared.metrics, &upstream);
                 last_err = Some(ExchangeError::UpstreamIo(e));
-                if (reused || cfg.retry.on_connect_error)
+                if reused
                     && replay.complete()
                     && self
                         .may_retry(attempt, max_attempts, deadline, &upstream, None, rec)
@@ -553,10 +553,10 @@ where
                     rec.chunks_in = p.writer.chunks;
                     let retry_kind = match &err {
                         ExchangeError::UpstreamHeadTimeout => false,
-                        // A reused keep-alive connection the upstream had closed: safe to resend.
-                        ExchangeError::UpstreamClosed | ExchangeError::UpstreamIo(_) => {
-                            reused || cfg.retry.on_connect_error
-                        }
+                        // A reused keep-alive connection the upstream was closing as the request
+                        // went out: it never saw the request, so resending is safe. A fresh
+                        // connection that fails here may have been processed: not retried.
+                        ExchangeError::UpstreamClosed | ExchangeError::UpstreamIo(_) => reused,
                         _ => false,
                     };
                     last_err = Some(err);
@@ -1143,6 +1143,9 @@ async fn pump_request<S: AsyncRead + Unpin>(
             };
             match next {
                 Ok(Next::Piece(Piece::Data(d))) => {
+                    // Held for replay before it is written: if the write fails, what was read
+                    // from the client can still be sent to another upstream.
+                    replay.push(&d);
                     writer
                         .data(&mut up_wr, &d)
                         .await
@@ -1154,15 +1157,15 @@ async fn pump_request<S: AsyncRead + Unpin>(
                         &reader,
                         &mut reassembled,
                     );
-                    replay.push(&d);
                 }
                 Ok(Next::Piece(Piece::Trailers(t))) => trailers = t,
                 Ok(Next::End) => {
+                    // The body was read whole, whatever becomes of the write below.
+                    replay.finish(trailers);
                     writer
-                        .end(&mut up_wr, &trailers)
+                        .end(&mut up_wr, replay.trailers())
                         .await
                         .map_err(PumpError::Upstream)?;
-                    replay.finish(trailers);
                     return Ok(());
                 }
                 Err(e) => return Err(PumpError::Client(e)),
