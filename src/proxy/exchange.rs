@@ -801,6 +801,10 @@ where
             &mut head_out,
         );
         shared.metrics.stream_started();
+        // Committed: the body held for a retry is no longer needed.
+        if let Some(p) = pumped.as_mut() {
+            p.replay.release();
+        }
         // The writer, reader and timing live outside the pump so their counts survive a
         // cancelled pump (client gone, total timeout) for the access log and metrics.
         let mut writer = BodyWriter::new(
@@ -838,6 +842,8 @@ where
                             rec.outcome = Outcome::ClientGone;
                             break None;
                         }
+                        let mut p = p;
+                        p.replay.release();
                         pumped = Some(p);
                     }
                     _ = watch_client_eof(pumped.as_mut().map(|p| &mut p.client), watch_limit), if pumped.is_some() => {
@@ -1069,6 +1075,13 @@ impl Replay {
     fn finish(&mut self, trailers: Vec<Field>) {
         self.finished = true;
         self.trailers = trailers;
+    }
+
+    /// The response has started: no retry can happen any more, so let the body go.
+    fn release(&mut self) {
+        self.overflow = true;
+        self.pieces = Vec::new();
+        self.trailers = Vec::new();
     }
 
     fn pieces(&self) -> &[Piece] {
