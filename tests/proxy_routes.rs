@@ -309,3 +309,41 @@ async fn tls_termination_streams_chunks_to_a_tls_client() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn head_response_keeps_content_length_and_has_no_body() {
+    bounded(LIMIT, async {
+        let upstream = raw_upstream(|mut peer, _| async move {
+            while let Ok(head) = peer.request_head().await {
+                let answer: &[u8] = if head.method == "HEAD" {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                };
+                if peer.send(answer).await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        let proxy = TestProxy::to(&[upstream.addr]).await;
+        let mut client = proxy.connect().await;
+        client
+            .send(b"HEAD /v1/models HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .expect("send");
+        let resp = client.response("HEAD").await.expect("head response");
+        assert_eq!(resp.head.status, 200);
+        assert_eq!(resp.head.get("content-length"), Some("42"));
+        assert!(!resp.head.is_chunked());
+        // No body bytes followed: the same connection carries the next exchange.
+        client
+            .send(b"GET /v1/models HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .expect("send");
+        let next = client.response("GET").await.expect("next response");
+        assert_eq!(next.body, b"ok");
+        assert_eq!(upstream.accepted(), 1);
+    })
+    .await;
+}

@@ -78,6 +78,18 @@ pub(crate) enum OutFraming {
     Close,
 }
 
+impl From<crate::codec::framing::BodyFraming> for OutFraming {
+    fn from(f: crate::codec::framing::BodyFraming) -> Self {
+        use crate::codec::framing::BodyFraming;
+        match f {
+            BodyFraming::None => OutFraming::None,
+            BodyFraming::Length(n) => OutFraming::Length(n),
+            BodyFraming::Chunked => OutFraming::Chunked,
+            BodyFraming::Close => OutFraming::Close,
+        }
+    }
+}
+
 /// A piece of a body as it travels.
 #[derive(Debug, Clone)]
 pub(crate) enum Piece {

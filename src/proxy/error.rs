@@ -1,4 +1,4 @@
-//! Errors of one exchange, who caused them, and the HTTP answer each one gets.
+//! Errors of one exchange and the HTTP answer each one gets.
 //!
 //! [`ExchangeError::answer`] is the one place that maps a failure to a status code. Answers carry
 //! an OpenAI-style JSON body (`{"error":{"message":..,"type":..,"code":..}}`) so SDKs show the
@@ -14,14 +14,6 @@ use crate::codec::chunked::DecodeError;
 use crate::codec::framing::FramingError;
 use crate::codec::head::HeadError;
 use crate::upstream::connect::ConnectError;
-
-/// Which side a failure came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Client,
-    Upstream,
-    Proxy,
-}
 
 /// Everything that can end an exchange early.
 #[derive(Debug)]
@@ -65,24 +57,6 @@ pub enum ExchangeError {
 }
 
 impl ExchangeError {
-    /// Who caused the failure.
-    pub fn source(&self) -> Source {
-        use ExchangeError::*;
-        match self {
-            ClientHead(_)
-            | ClientFraming(_)
-            | ClientBody(_)
-            | ClientBodyTooLarge { .. }
-            | ClientGone
-            | ClientBodyTimeout
-            | NoRoute
-            | Unauthorized => Source::Client,
-            BreakerOpen { .. } | TotalTimeout | PoolExhausted => Source::Proxy,
-            Connect(_) | UpstreamIo(_) | UpstreamClosed | UpstreamHead(_) | UpstreamFraming(_)
-            | UpstreamHeadTimeout | UpstreamSwitched => Source::Upstream,
-        }
-    }
-
     /// A short, stable name for logs and metrics.
     pub fn reason(&self) -> &'static str {
         use ExchangeError::*;

@@ -305,16 +305,9 @@ where
             // Requests are never close-delimited; framing rules it out.
             BodyFraming::Close => BodyReader::None,
         };
-        let out_framing = match meta.framing {
-            BodyFraming::Length(n) => BodyFraming::Length(n),
-            BodyFraming::Chunked => BodyFraming::Chunked,
-            _ => BodyFraming::None,
-        };
-        let body_out = match meta.framing {
-            BodyFraming::Length(n) => OutFraming::Length(n),
-            BodyFraming::Chunked => OutFraming::Chunked,
-            _ => OutFraming::None,
-        };
+        // Requests are never close-delimited: the body goes out framed as it came in.
+        let out_framing = meta.framing;
+        let body_out = OutFraming::from(meta.framing);
         let client_takes_trailers = head.get_all("te").any(|v| {
             v.split(|&b| b == b',')
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
@@ -745,19 +738,9 @@ where
             }
         };
         let v10 = ctx.head.version == Version::Http10;
-        let is_head = ctx.head.is_method("HEAD");
         let (reader, client_framing) = match resp_meta.framing {
-            BodyFraming::None => {
-                let cl = if is_head {
-                    head_content_length(&resp_head)
-                } else {
-                    None
-                };
-                (
-                    BodyReader::None,
-                    cl.map_or(BodyFraming::None, BodyFraming::Length),
-                )
-            }
+            // No body (HEAD, 204, 304): the head writer keeps a valid Content-Length.
+            BodyFraming::None => (BodyReader::None, BodyFraming::None),
             BodyFraming::Length(n) => (BodyReader::Length { remaining: n }, BodyFraming::Length(n)),
             BodyFraming::Chunked => (
                 BodyReader::Chunked(Box::new(ChunkedDecoder::new(cfg.limits.chunk))),
@@ -776,13 +759,7 @@ where
                 },
             ),
         };
-        let out = match (&client_framing, is_head) {
-            (_, true) => OutFraming::None,
-            (BodyFraming::Chunked, _) => OutFraming::Chunked,
-            (BodyFraming::Length(n), _) => OutFraming::Length(*n),
-            (BodyFraming::Close, _) => OutFraming::Close,
-            (BodyFraming::None, _) => OutFraming::None,
-        };
+        let out = OutFraming::from(client_framing);
         let keep_alive = ctx.meta.keep_alive
             && !shared.draining.is_cancelled()
             && client_framing != BodyFraming::Close;
@@ -983,15 +960,6 @@ fn path_without_query(target: &[u8]) -> String {
         .position(|&b| b == b'?')
         .unwrap_or(target.len());
     String::from_utf8_lossy(&target[..end]).into_owned()
-}
-
-fn head_content_length(head: &ResponseHead) -> Option<u64> {
-    let v = head.get("content-length")?;
-    let v = v.trim_ascii();
-    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(v).ok()?.parse().ok()
 }
 
 fn client_body_error(e: &ReadError) -> ExchangeError {

@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -295,13 +295,6 @@ async fn accept_loop(
             }
         }
     }
-}
-
-/// Connect a TCP stream with `TCP_NODELAY` set (used by tools and tests).
-pub async fn connect_nodelay(addr: SocketAddr) -> io::Result<TcpStream> {
-    let s = TcpStream::connect(addr).await?;
-    s.set_nodelay(true)?;
-    Ok(s)
 }
 
 /// `chunkgate serve`: load the configuration, start logging, serve, drain on SIGTERM/SIGINT

@@ -12,7 +12,6 @@ use crate::config::RouteConfig;
 pub struct Route {
     pub prefix: String,
     pub group: usize,
-    pub group_name: Arc<str>,
     pub name: Arc<str>,
     pub strip_prefix: bool,
     pub rewrite_prefix: String,
@@ -25,7 +24,6 @@ impl Route {
         Route {
             prefix: cfg.prefix.clone(),
             group,
-            group_name: Arc::from(cfg.group.as_str()),
             name: Arc::from(cfg.prefix.as_str()),
             strip_prefix: cfg.strip_prefix,
             rewrite_prefix: cfg.rewrite_prefix.clone(),
