@@ -53,6 +53,7 @@
 //! ```
 
 use std::fmt;
+use std::marker::PhantomData;
 
 use crate::codec::ByteDisplay;
 
@@ -885,19 +886,57 @@ fn slice_or_empty(head: &Bytes, sub: &[u8]) -> Bytes {
     }
 }
 
-/// Incremental request head parser. See the [module docs](self).
-#[derive(Debug, Clone)]
-pub struct RequestParser {
-    limits: HeadLimits,
-    scanner: Scanner,
+/// A head type a [`HeadParser`] produces: [`RequestHead`] or [`ResponseHead`].
+pub trait ParsedHead: sealed::Sealed + Sized {
+    /// Whether this is the response side (limits and errors differ).
+    #[doc(hidden)]
+    const RESPONSE: bool;
+    /// Validate a complete head of `fields` fields and build it.
+    #[doc(hidden)]
+    fn finish(head: Bytes, fields: usize) -> Result<Self, HeadError>;
 }
 
-impl RequestParser {
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::RequestHead {}
+    impl Sealed for super::ResponseHead {}
+}
+
+impl ParsedHead for RequestHead {
+    const RESPONSE: bool = false;
+    fn finish(head: Bytes, fields: usize) -> Result<Self, HeadError> {
+        finish_request(head, fields)
+    }
+}
+
+impl ParsedHead for ResponseHead {
+    const RESPONSE: bool = true;
+    fn finish(head: Bytes, fields: usize) -> Result<Self, HeadError> {
+        finish_response(head, fields)
+    }
+}
+
+/// Incremental head parser. See the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct HeadParser<H> {
+    limits: HeadLimits,
+    scanner: Scanner,
+    head: PhantomData<fn() -> H>,
+}
+
+/// Incremental request head parser.
+pub type RequestParser = HeadParser<RequestHead>;
+
+/// Incremental response head parser (`max_request_line` does not apply to responses).
+pub type ResponseParser = HeadParser<ResponseHead>;
+
+impl<H: ParsedHead> HeadParser<H> {
     /// A parser enforcing `limits`.
     pub fn new(limits: HeadLimits) -> Self {
-        RequestParser {
+        HeadParser {
             limits,
             scanner: Scanner::default(),
+            head: PhantomData,
         }
     }
 
@@ -916,15 +955,21 @@ impl RequestParser {
         self.scanner.scanned
     }
 
-    /// Parse the request head at the front of `buf`. `Ok(None)`: not complete yet, call again
-    /// with more bytes appended to the same buffer. On success the head is split off `buf`;
-    /// later bytes stay in it. An error is terminal.
-    pub fn parse(&mut self, buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
-        let Some(done) = self.scanner.scan(buf, &self.limits, Role::Request)? else {
+    /// Parse the head at the front of `buf`. `Ok(None)`: not complete yet, call again with
+    /// more bytes appended to the same buffer. On success the head is split off `buf`; later
+    /// bytes (a body, a pipelined request) stay in it. An error is terminal. A 1xx response
+    /// head is returned like any other: call again for the final response.
+    pub fn parse(&mut self, buf: &mut BytesMut) -> Result<Option<H>, HeadError> {
+        let role = if H::RESPONSE {
+            Role::Response
+        } else {
+            Role::Request
+        };
+        let Some(done) = self.scanner.scan(buf, &self.limits, role)? else {
             return Ok(None);
         };
         let head = buf.split_to(done.len).freeze();
-        finish_request(head, done.fields).map(Some)
+        H::finish(head, done.fields).map(Some)
     }
 }
 
@@ -998,51 +1043,6 @@ fn finish_request(head: Bytes, fields: usize) -> Result<RequestHead, HeadError> 
         ));
     }
     Ok(req)
-}
-
-/// Incremental response head parser. See the [module docs](self).
-#[derive(Debug, Clone)]
-pub struct ResponseParser {
-    limits: HeadLimits,
-    scanner: Scanner,
-}
-
-impl ResponseParser {
-    /// A parser enforcing `limits` (`max_request_line` does not apply to responses).
-    pub fn new(limits: HeadLimits) -> Self {
-        ResponseParser {
-            limits,
-            scanner: Scanner::default(),
-        }
-    }
-
-    /// The limits this parser enforces.
-    pub fn limits(&self) -> &HeadLimits {
-        &self.limits
-    }
-
-    /// Forget a partly scanned head (for a buffer that was cleared).
-    pub fn reset(&mut self) {
-        self.scanner = Scanner::default();
-    }
-
-    /// Bytes of the head being received that were examined already (for tests and metrics).
-    pub fn scanned(&self) -> usize {
-        self.scanner.scanned
-    }
-
-    /// Parse the response head at the front of `buf`. `Ok(None)`: not complete yet, call again
-    /// with more bytes appended to the same buffer. On success the head is split off `buf`;
-    /// later bytes (the body) stay in it. An error is terminal.
-    ///
-    /// A 1xx head is returned like any other: call again for the final response.
-    pub fn parse(&mut self, buf: &mut BytesMut) -> Result<Option<ResponseHead>, HeadError> {
-        let Some(done) = self.scanner.scan(buf, &self.limits, Role::Response)? else {
-            return Ok(None);
-        };
-        let head = buf.split_to(done.len).freeze();
-        finish_response(head, done.fields).map(Some)
-    }
 }
 
 fn finish_response(head: Bytes, fields: usize) -> Result<ResponseHead, HeadError> {

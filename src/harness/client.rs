@@ -3,7 +3,7 @@
 //! every chunk boundary exactly, together with the TCP reads each chunk arrived in.
 //!
 //! The response head is parsed with httparse; a chunked body goes through
-//! [`ChunkedDecoder`](crate::codec::chunked::ChunkedDecoder), so a chunk is recorded as the
+//! [`ChunkedDecoder`], so a chunk is recorded as the
 //! sender framed it, whatever the reads looked like. Nothing is forgiven: a framing error ends
 //! the body with [`BodyEnd::Malformed`], a connection closed before the last chunk with
 //! [`BodyEnd::Cut`].
