@@ -281,6 +281,28 @@ fn check_transfer_encoding(value: &[u8]) -> Result<(), FramingErrorKind> {
     Ok(())
 }
 
+/// RFC 9112 §6.3 steps 3-4 for a message that has `Transfer-Encoding` (`te_fields` fields, the
+/// first with value `te`): refused together with `Content-Length`, on HTTP/1.0 (§6.1), in
+/// several fields, or unless the final coding is `chunked` (the only one decoded).
+fn transfer_encoded(
+    version: Version,
+    te_fields: usize,
+    cl_fields: usize,
+    te: &[u8],
+) -> Result<(), FramingErrorKind> {
+    use FramingErrorKind::*;
+    if cl_fields > 0 {
+        return Err(ContentLengthAndTransferEncoding);
+    }
+    if version == Version::Http10 {
+        return Err(TransferEncodingOnHttp10);
+    }
+    if te_fields > 1 {
+        return Err(MultipleTransferEncoding);
+    }
+    check_transfer_encoding(te)
+}
+
 /// Decide how a request body is delimited, and whether the connection persists.
 ///
 /// RFC 9112 §6.3 in order, applied to a request (the strict choices are marked):
@@ -315,20 +337,9 @@ pub fn request_meta(head: &RequestHead) -> Result<RequestMeta, FramingError> {
     let cl_fields = head.count("content-length");
 
     let framing = if te_fields > 0 {
-        // Step 3: TE with CL.
-        if cl_fields > 0 {
-            return fail(ContentLengthAndTransferEncoding);
-        }
-        // RFC 9112 §6.1: TE on HTTP/1.0 is faulty framing.
-        if head.version == Version::Http10 {
-            return fail(TransferEncodingOnHttp10);
-        }
-        if te_fields > 1 {
-            return fail(MultipleTransferEncoding);
-        }
-        // Step 4: the final coding must be chunked; nothing else is decoded.
+        // Steps 3-4.
         let te = head.get("transfer-encoding").map_or(&[][..], |v| &v[..]);
-        if let Err(k) = check_transfer_encoding(te) {
+        if let Err(k) = transfer_encoded(head.version, te_fields, cl_fields, te) {
             return fail(k);
         }
         if no_body_method {
@@ -441,19 +452,10 @@ pub fn response_meta(
         return fail(ConnectNotSupported);
     }
     let framing = if te_fields > 0 {
-        // Step 3.
-        if head.count("content-length") > 0 {
-            return fail(ContentLengthAndTransferEncoding);
-        }
-        if head.version == Version::Http10 {
-            return fail(TransferEncodingOnHttp10);
-        }
-        if te_fields > 1 {
-            return fail(MultipleTransferEncoding);
-        }
-        // Step 4.
+        // Steps 3-4.
         let te = head.get("transfer-encoding").map_or(&[][..], |v| &v[..]);
-        if let Err(k) = check_transfer_encoding(te) {
+        let cl_fields = head.count("content-length");
+        if let Err(k) = transfer_encoded(head.version, te_fields, cl_fields, te) {
             return fail(k);
         }
         BodyFraming::Chunked
