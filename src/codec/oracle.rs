@@ -75,17 +75,28 @@ pub fn decode_in_reads(data: &[u8], reads: &[usize], limits: Limits) -> Verdict 
     // Offset where the frame under way began on the wire (after the previous frame).
     let mut frame_start = 0usize;
     let mut sizes = reads.iter().copied().cycle();
-    while fed < data.len() {
-        let n = if reads.is_empty() {
-            data.len()
+    // After every read `decode` until `Ok(None)`; once everything is fed, `decode_eof`.
+    let mut at_eof = false;
+    while !at_eof {
+        if fed < data.len() {
+            let n = if reads.is_empty() {
+                data.len()
+            } else {
+                sizes.next().unwrap_or(1).max(1)
+            };
+            let n = n.min(data.len() - fed);
+            buf.extend_from_slice(&data[fed..fed + n]);
+            fed += n;
         } else {
-            sizes.next().unwrap_or(1).max(1)
-        };
-        let n = n.min(data.len() - fed);
-        buf.extend_from_slice(&data[fed..fed + n]);
-        fed += n;
+            at_eof = true;
+        }
         loop {
-            match dec.decode(&mut buf) {
+            let step = if at_eof {
+                dec.decode_eof(&mut buf)
+            } else {
+                dec.decode(&mut buf)
+            };
+            match step {
                 Ok(Some(frame)) => {
                     check_frame(data, fed, &dec, frame_start, &frame);
                     frame_start = consumed(&dec);
@@ -98,23 +109,6 @@ pub fn decode_in_reads(data: &[u8], reads: &[usize], limits: Limits) -> Verdict 
                         error: Some((e.kind(), e.offset())),
                         rest: Vec::new(),
                     }
-                }
-            }
-        }
-    }
-    loop {
-        match dec.decode_eof(&mut buf) {
-            Ok(Some(frame)) => {
-                check_frame(data, fed, &dec, frame_start, &frame);
-                frame_start = consumed(&dec);
-                frames.push(frame);
-            }
-            Ok(None) => break,
-            Err(e) => {
-                return Verdict {
-                    frames,
-                    error: Some((e.kind(), e.offset())),
-                    rest: Vec::new(),
                 }
             }
         }
