@@ -408,20 +408,28 @@ mod tests {
         UpstreamPool::new(connector, cfg)
     }
 
-    #[tokio::test]
-    async fn checkin_with_leftover_bytes_closes() {
+    /// A listener on 127.0.0.1 that accepts `n` connections and holds them: its port, and the
+    /// task that hands them back.
+    async fn holding_listener(
+        n: usize,
+    ) -> (u16, tokio::task::JoinHandle<Vec<tokio::net::TcpStream>>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let accept = tokio::spawn(async move {
             let mut held = Vec::new();
-            for _ in 0..2 {
-                let (s, _) = listener.accept().await.expect("accept");
-                held.push(s);
+            for _ in 0..n {
+                held.push(listener.accept().await.expect("accept").0);
             }
             held
         });
+        (port, accept)
+    }
+
+    #[tokio::test]
+    async fn checkin_with_leftover_bytes_closes() {
+        let (port, accept) = holding_listener(2).await;
         let pool = pool_for(port, &PoolConfig::default());
         let mut conn = pool.checkout().await.expect("checkout");
         assert!(!conn.is_reused());
@@ -440,11 +448,7 @@ mod tests {
 
     #[tokio::test]
     async fn max_idle_zero_keeps_nothing() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let accept = tokio::spawn(async move { listener.accept().await.map(|(s, _)| s) });
+        let (port, accept) = holding_listener(1).await;
         let cfg = PoolConfig {
             max_idle_per_upstream: 0,
             ..PoolConfig::default()
@@ -459,17 +463,7 @@ mod tests {
 
     #[tokio::test]
     async fn oldest_idle_is_evicted_over_max_idle() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let accept = tokio::spawn(async move {
-            let mut held = Vec::new();
-            for _ in 0..3 {
-                held.push(listener.accept().await.expect("accept").0);
-            }
-            held
-        });
+        let (port, accept) = holding_listener(3).await;
         let cfg = PoolConfig {
             max_idle_per_upstream: 2,
             ..PoolConfig::default()
@@ -497,17 +491,7 @@ mod tests {
 
     #[tokio::test]
     async fn parts_round_trip_and_foreign_checkin() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let accept = tokio::spawn(async move {
-            let mut held = Vec::new();
-            for _ in 0..2 {
-                held.push(listener.accept().await.expect("accept").0);
-            }
-            held
-        });
+        let (port, accept) = holding_listener(2).await;
         let pool = pool_for(port, &PoolConfig::default());
         let other = pool_for(port, &PoolConfig::default());
 
