@@ -28,6 +28,8 @@ pub enum ExchangeError {
     ClientBodyTooLarge { limit: u64 },
     /// The client closed or reset before its request body ended.
     ClientGone,
+    /// The request head did not arrive within the head-read timeout.
+    ClientHeadTimeout,
     /// No request bytes for the stream-idle timeout while reading the body.
     ClientBodyTimeout,
     /// No route matches the path.
@@ -67,6 +69,7 @@ impl ExchangeError {
             ClientBody(_) => "bad_request_body",
             ClientBodyTooLarge { .. } => "request_body_too_large",
             ClientGone => "client_gone",
+            ClientHeadTimeout => "client_head_timeout",
             ClientBodyTimeout => "client_body_timeout",
             NoRoute => "no_route",
             Unauthorized => "unauthorized",
@@ -96,7 +99,9 @@ impl ExchangeError {
             ClientBody(_) => (400, "invalid_request_error", "bad_request"),
             ClientBodyTooLarge { .. } => (413, "invalid_request_error", "payload_too_large"),
             ClientGone => (400, "invalid_request_error", "bad_request"),
-            ClientBodyTimeout => (408, "invalid_request_error", "request_timeout"),
+            ClientHeadTimeout | ClientBodyTimeout => {
+                (408, "invalid_request_error", "request_timeout")
+            }
             NoRoute => (404, "invalid_request_error", "not_found"),
             Unauthorized => (401, "authentication_error", "unauthorized"),
             BreakerOpen { .. } => (503, "upstream_error", "upstream_unavailable"),
@@ -136,6 +141,9 @@ impl fmt::Display for ExchangeError {
                 write!(f, "request body over the {limit}-byte limit")
             }
             ClientGone => f.write_str("the client closed the connection before its request body ended"),
+            ClientHeadTimeout => {
+                f.write_str("the request head did not arrive within the head-read timeout")
+            }
             ClientBodyTimeout => f.write_str("the client sent no request body bytes within the idle timeout"),
             NoRoute => f.write_str("no route matches this path"),
             Unauthorized => f.write_str("missing or invalid bearer token"),
@@ -260,6 +268,10 @@ mod tests {
     #[test]
     fn answers_map_to_statuses() {
         assert_eq!(ExchangeError::UpstreamHeadTimeout.answer().0, 504);
+        assert_eq!(
+            ExchangeError::ClientHeadTimeout.answer(),
+            (408, "invalid_request_error", "request_timeout")
+        );
         assert_eq!(ExchangeError::UpstreamClosed.answer().0, 502);
         assert_eq!(ExchangeError::NoRoute.answer().0, 404);
         assert_eq!(ExchangeError::Unauthorized.answer().0, 401);

@@ -120,18 +120,9 @@ where
                 }
                 Err(HeadRead::Timeout) => {
                     self.shared.metrics.timeout("client_head");
-                    let mut out = BytesMut::new();
-                    write_error_response(
-                        408,
-                        "invalid_request_error",
-                        "request_timeout",
-                        "the request head did not arrive within the head-read timeout",
-                        b"",
-                        true,
-                        &[],
-                        &mut out,
-                    );
-                    let _ = timeout(Duration::from_secs(1), self.wr.write_all(&out)).await;
+                    // A client too slow to send its head gets little time to read the answer.
+                    let answer = self.answer_error(&ExchangeError::ClientHeadTimeout, b"", &[]);
+                    let _ = timeout(Duration::from_secs(1), answer).await;
                     return;
                 }
                 Err(HeadRead::Closed) => return,
