@@ -54,6 +54,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::LazyLock;
 
 use crate::codec::ByteDisplay;
 
@@ -577,13 +578,30 @@ fn is_excluded_target_byte(b: u8) -> bool {
 }
 
 /// Check a request line (CRLF excluded): everything that can be decided from the line alone.
+/// [`is_tchar`] as a table: one load per byte when scanning methods and field names.
+static TCHAR: LazyLock<[bool; 256]> = LazyLock::new(|| std::array::from_fn(|b| is_tchar(b as u8)));
+
+/// Target bytes that need no further look: visible ASCII that is neither excluded, `#`
+/// (a fragment) nor `%` (an escape, whose two hex digits are checked).
+static TARGET_PLAIN: LazyLock<[bool; 256]> = LazyLock::new(|| {
+    std::array::from_fn(|b| {
+        let b = b as u8;
+        (0x21..0x7f).contains(&b) && !is_excluded_target_byte(b) && b != b'#' && b != b'%'
+    })
+});
+
+/// Length of the token at the start of `s` (bytes up to the first non-`tchar`).
+fn token_len(s: &[u8]) -> usize {
+    let t = &*TCHAR;
+    s.iter()
+        .position(|&b| !t[usize::from(b)])
+        .unwrap_or(s.len())
+}
+
 fn check_request_line(line: &[u8]) -> Result<(), HeadError> {
     let err = |kind, at| Err(HeadError::new(kind, at, Role::Request));
     // method
-    let m_end = line
-        .iter()
-        .position(|&b| !is_tchar(b))
-        .unwrap_or(line.len());
+    let m_end = token_len(line);
     let method = &line[..m_end];
     if m_end == 0 {
         let found = line.first().copied().unwrap_or(b'\r');
@@ -646,8 +664,13 @@ fn parse_version(v: &[u8]) -> Result<Version, HeadErrorKind> {
 /// Check the target's bytes and form. `at` is the target's offset in the head.
 fn check_target(method: &[u8], target: &[u8], at: usize) -> Result<(), HeadError> {
     let err = |kind, off: usize| Err(HeadError::new(kind, at + off, Role::Request));
+    let plain = &*TARGET_PLAIN;
     let mut i = 0;
     while i < target.len() {
+        match target[i..].iter().position(|&b| !plain[usize::from(b)]) {
+            Some(p) => i += p,
+            None => break,
+        }
         let b = target[i];
         if b == b'#' {
             return err(HeadErrorKind::FragmentInTarget, i);
@@ -777,10 +800,7 @@ fn check_status_line(line: &[u8]) -> Result<(), HeadError> {
     if parse_status(&line[9..12]).is_none() {
         return err(HeadErrorKind::InvalidStatusLine, 9);
     }
-    if let Some(p) = line[13..]
-        .iter()
-        .position(|&b| !(b == b'\t' || b >= 0x20) || b == 0x7f)
-    {
+    if let Some(p) = find_invalid_value_byte(&line[13..]) {
         return err(HeadErrorKind::InvalidStatusLine, 13 + p);
     }
     Ok(())
@@ -809,6 +829,35 @@ fn is_value_byte(b: u8) -> bool {
     b == b'\t' || (b >= 0x20 && b != 0x7f)
 }
 
+/// Position of the first byte of `v` that may not appear in a field value (a control
+/// character other than HTAB, or DEL). Eight bytes at a time: a word is looked at byte by
+/// byte only when it holds a byte below 0x20 (a tab, or an error) or a DEL.
+fn find_invalid_value_byte(v: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let mut words = v.chunks_exact(8);
+    for (n, word) in words.by_ref().enumerate() {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(word);
+        let w = u64::from_ne_bytes(w);
+        // Some byte < 0x20 (exact for "any", as the bound is at most 0x80).
+        let below = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+        // Some byte == 0x7f: a zero byte in `w ^ 0x7f..`.
+        let x = w ^ (ONES * 0x7f);
+        let del = x.wrapping_sub(ONES) & !x & HIGH;
+        if below | del != 0 {
+            if let Some(p) = word.iter().position(|&b| !is_value_byte(b)) {
+                return Some(n * 8 + p);
+            }
+        }
+    }
+    let tail = words.remainder();
+    let base = v.len() - tail.len();
+    tail.iter()
+        .position(|&b| !is_value_byte(b))
+        .map(|p| base + p)
+}
+
 /// Check one field line (CRLF excluded). `at` is its offset in the head.
 fn check_field_line(line: &[u8], at: usize, first: bool, role: Role) -> Result<(), HeadError> {
     let err = |kind, off: usize| Err(HeadError::new(kind, at + off, role));
@@ -820,10 +869,7 @@ fn check_field_line(line: &[u8], at: usize, first: bool, role: Role) -> Result<(
         };
         return err(kind, 0);
     }
-    let n_end = line
-        .iter()
-        .position(|&b| !is_tchar(b))
-        .unwrap_or(line.len());
+    let n_end = token_len(line);
     if n_end == 0 {
         return err(HeadErrorKind::InvalidFieldName { found: line[0] }, 0);
     }
@@ -836,7 +882,7 @@ fn check_field_line(line: &[u8], at: usize, first: bool, role: Role) -> Result<(
     if let Some(p) = line[..n_end].iter().position(|&b| b == b'_') {
         return err(HeadErrorKind::UnderscoreInName, p);
     }
-    if let Some(p) = line[n_end + 1..].iter().position(|&b| !is_value_byte(b)) {
+    if let Some(p) = find_invalid_value_byte(&line[n_end + 1..]) {
         let off = n_end + 1 + p;
         return err(HeadErrorKind::InvalidFieldValue { found: line[off] }, off);
     }
@@ -1070,6 +1116,36 @@ fn finish_response(head: Bytes, fields: usize) -> Result<ResponseHead, HeadError
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn find_invalid_value_byte_agrees_with_the_byte_rule() {
+        let naive = |v: &[u8]| v.iter().position(|&b| !is_value_byte(b));
+        // Every byte value at every position of words and tails.
+        for len in 0..20 {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    let mut v = vec![b'a'; len];
+                    v[at] = b;
+                    assert_eq!(find_invalid_value_byte(&v), naive(&v), "{v:?}");
+                }
+            }
+        }
+        // Random mixes, weighted towards tabs, DEL, obs-text and controls.
+        let mut rng = fastrand::Rng::with_seed(7);
+        let pick = [b'\t', 0x7f, 0x80, 0xff, 0x00, 0x1f, 0x20, b'x'];
+        for _ in 0..20_000 {
+            let v: Vec<u8> = (0..rng.usize(0..40))
+                .map(|_| {
+                    if rng.u8(..) < 40 {
+                        pick[rng.usize(..pick.len())]
+                    } else {
+                        rng.u8(0x20..0x7f)
+                    }
+                })
+                .collect();
+            assert_eq!(find_invalid_value_byte(&v), naive(&v), "{v:?}");
+        }
+    }
+
     use super::*;
 
     /// Parse a whole request head; `Ok(None)` (incomplete) is a test failure.
