@@ -14,6 +14,8 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
@@ -134,12 +136,13 @@ impl fmt::Display for Outcome {
 /// body). Bytes are body payload bytes, not counting framing.
 #[derive(Debug, Clone)]
 pub struct ExchangeRecord {
-    /// The request id (also sent upstream as `x-request-id`).
-    pub request_id: String,
-    /// Request method.
-    pub method: String,
-    /// Request path, without the query string (which may hold keys).
-    pub path: String,
+    /// The request id (also sent upstream as `x-request-id`), as sent (a handle, no copy).
+    pub request_id: Bytes,
+    /// Request method, as received.
+    pub method: Bytes,
+    /// Request target as received; the log shows it without the query string (which may
+    /// hold keys).
+    pub path: Bytes,
     /// The matched route's prefix, or `-` when none matched.
     pub route: Arc<str>,
     /// The upstream that answered (last attempt), or `-` when none was reached.
@@ -168,6 +171,22 @@ pub struct ExchangeRecord {
     pub outcome: Outcome,
 }
 
+/// Bytes from the wire shown as text: valid UTF-8 as is, anything else as U+FFFD. Formats
+/// without allocating, so building a log field costs nothing unless the event is emitted.
+pub struct Lossy<'a>(pub &'a [u8]);
+
+impl fmt::Display for Lossy<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for chunk in self.0.utf8_chunks() {
+            f.write_str(chunk.valid())?;
+            if !chunk.invalid().is_empty() {
+                f.write_str("\u{fffd}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
@@ -177,12 +196,16 @@ fn millis(d: Duration) -> f64 {
 /// chunks_in chunks_out reassembled ttfb_ms ttfc_ms duration_ms retries outcome`
 /// (`ttfb_ms`/`ttfc_ms` absent when there was none). A query string left in `path` is cut off.
 pub fn access_log(rec: &ExchangeRecord) {
-    let path = rec.path.split(['?', '#']).next().unwrap_or("");
+    let end = rec
+        .path
+        .iter()
+        .position(|&b| b == b'?' || b == b'#')
+        .unwrap_or(rec.path.len());
     tracing::info!(
         target: "access",
-        request_id = %rec.request_id,
-        method = %rec.method,
-        path = %path,
+        request_id = %Lossy(&rec.request_id),
+        method = %Lossy(&rec.method),
+        path = %Lossy(&rec.path[..end]),
         route = %rec.route,
         upstream = %rec.upstream,
         status = rec.status,
@@ -203,6 +226,14 @@ pub fn access_log(rec: &ExchangeRecord) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lossy_shows_utf8_and_replaces_the_rest() {
+        assert_eq!(Lossy(b"req-1").to_string(), "req-1");
+        assert_eq!(Lossy("안녕".as_bytes()).to_string(), "안녕");
+        assert_eq!(Lossy(b"a\xffb\xe5").to_string(), "a\u{fffd}b\u{fffd}");
+        assert_eq!(Lossy(b"").to_string(), "");
+    }
 
     #[test]
     fn build_filter_prefers_valid_rust_log() {

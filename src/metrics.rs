@@ -24,7 +24,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
-use crate::logging::ExchangeRecord;
+use crate::logging::{ExchangeRecord, Outcome};
 
 /// Which body a chunk belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -501,18 +501,38 @@ impl Metrics {
     /// adds its body bytes, and observes its time to first byte, time to first chunk and
     /// duration.
     pub fn exchange_done(&self, rec: &ExchangeRecord) {
+        self.request_counter(&rec.route, &rec.upstream, rec.status)
+            .inc();
+        self.outcome_counter(&rec.outcome).inc();
+        self.exchange_observed(rec);
+    }
+
+    /// The `requests` series for one route, upstream and status (its class). The handle
+    /// shares the series: a caller that keeps it counts without the label lookup.
+    pub fn request_counter(&self, route: &str, upstream: &str, status: u16) -> Counter {
         self.requests
             .get_or_create(&RequestLabels {
-                route: rec.route.to_string(),
-                upstream: rec.upstream.to_string(),
-                status_class: status_class(rec.status),
+                route: route.to_string(),
+                upstream: upstream.to_string(),
+                status_class: status_class(status),
             })
-            .inc();
+            .clone()
+    }
+
+    /// The `exchanges` series for one outcome, as a shared handle (see
+    /// [`Metrics::request_counter`]).
+    pub fn outcome_counter(&self, outcome: &Outcome) -> Counter {
         self.exchanges
             .get_or_create(&OutcomeLabel {
-                outcome: rec.outcome.label(),
+                outcome: outcome.label(),
             })
-            .inc();
+            .clone()
+    }
+
+    /// The part of [`Metrics::exchange_done`] that needs no label lookup: body bytes, time
+    /// to first byte, time to first chunk and duration. A caller that counts `requests` and
+    /// `exchanges` through kept handles calls only this.
+    pub fn exchange_observed(&self, rec: &ExchangeRecord) {
         self.body_bytes.request.inc_by(rec.bytes_in);
         self.body_bytes.response.inc_by(rec.bytes_out);
         if let Some(t) = rec.ttfb {

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use chunkgate::admin::{self, AdminState};
 use chunkgate::logging::{access_log, ExchangeRecord, Outcome};
 use chunkgate::metrics::{Direction, Metrics};
@@ -80,9 +81,9 @@ async fn get(addr: SocketAddr, method: &str, path: &str, extra: &str) -> Reply {
 
 fn record(status: u16, outcome: Outcome) -> ExchangeRecord {
     ExchangeRecord {
-        request_id: "req-0001".to_string(),
-        method: "POST".to_string(),
-        path: "/openai/v1/chat/completions".to_string(),
+        request_id: Bytes::from_static(b"req-0001"),
+        method: Bytes::from_static(b"POST"),
+        path: Bytes::from_static(b"/openai/v1/chat/completions"),
         route: Arc::from("/openai/"),
         upstream: Arc::from("http://127.0.0.1:9000"),
         status,
@@ -494,7 +495,7 @@ fn access_log_json_has_every_field_and_no_secret() {
         .with_writer(move || writer.clone())
         .finish();
     let mut rec = record(200, Outcome::Timeout("stream_idle"));
-    rec.path = "/openai/v1/chat/completions?api_key=sk-live-secret".to_string();
+    rec.path = Bytes::from_static(b"/openai/v1/chat/completions?api_key=sk-live-secret");
     tracing::subscriber::with_default(subscriber, || access_log(&rec));
 
     let text = out.text();

@@ -5,12 +5,15 @@
 //! as received, CRLF) followed by a flush, so a token leaves the moment its chunk is complete
 //! and no payload is copied.
 
+use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::timeout;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::{timeout, Instant, Sleep};
 use tokio_util::codec::Decoder;
 
 use crate::codec::chunked::{
@@ -33,9 +36,7 @@ impl ReadSize {
 
     /// Make room in `buf` for the next read; returns the room available.
     fn prepare(&self, buf: &mut BytesMut) -> usize {
-        if buf.capacity() - buf.len() < self.0 / 2 {
-            buf.reserve(self.0);
-        }
+        make_room(buf, self.0 / 2, self.0);
         buf.capacity() - buf.len()
     }
 
@@ -46,6 +47,67 @@ impl ReadSize {
         } else if n < self.0 / 4 {
             self.0 = (self.0 / 2).max(Self::MIN);
         }
+    }
+}
+
+/// The idle limit between reads of one body (or of one connection's heads): a single timer,
+/// armed only when a read has to wait and moved forward on each such read. Moving a deadline
+/// later only updates the timer's entry, so a long stream of small reads costs no timer-wheel
+/// insertion and removal per read, and a read that completes at once costs no timer at all.
+pub(crate) struct ReadIdle<'a> {
+    limit: Duration,
+    sleep: Pin<&'a mut Sleep>,
+}
+
+impl<'a> ReadIdle<'a> {
+    /// Reads that wait longer than `limit` for a byte fail with [`ReadError::Idle`]. `sleep`
+    /// is any pinned timer; its deadline is set before use.
+    pub(crate) fn new(limit: Duration, sleep: Pin<&'a mut Sleep>) -> ReadIdle<'a> {
+        ReadIdle { limit, sleep }
+    }
+
+    /// Read into `buf`: `Ok(0)` at end of input, `Err(None)` when the limit passed first.
+    async fn read<R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut R,
+        buf: &mut BytesMut,
+    ) -> Result<usize, Option<io::Error>> {
+        let limit = self.limit;
+        read_before(r, buf, &mut self.sleep, || Instant::now() + limit).await
+    }
+}
+
+/// Read into `buf`, or give up when `sleep` fires. The deadline (from `deadline`) is set
+/// only when the read cannot complete at once: `Err(None)` means it passed first.
+pub(crate) async fn read_before<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    sleep: &mut Pin<&mut Sleep>,
+    deadline: impl FnOnce() -> Instant,
+) -> Result<usize, Option<io::Error>> {
+    let mut deadline = Some(deadline);
+    poll_fn(|cx: &mut Context<'_>| {
+        if let Poll::Ready(r) = tokio_util::io::poll_read_buf(Pin::new(&mut *r), cx, buf) {
+            return Poll::Ready(r.map_err(Some));
+        }
+        if let Some(at) = deadline.take() {
+            sleep.as_mut().reset(at());
+        }
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(None)),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// Make room in `buf` before a read: at least `min` bytes free. An empty buffer gets its
+/// whole allocation back when everything split off it was dropped (else a fresh one of
+/// `want`), so a message that fits the buffer is read in one call, not partly into the tail
+/// left behind by the previous one.
+pub(crate) fn make_room(buf: &mut BytesMut, min: usize, want: usize) {
+    if buf.capacity() - buf.len() < min || (buf.is_empty() && buf.capacity() < want) {
+        buf.reserve(want);
     }
 }
 
@@ -337,7 +399,7 @@ impl BodyReader {
         &mut self,
         r: &mut R,
         buf: &mut BytesMut,
-        idle: Duration,
+        idle: &mut ReadIdle<'_>,
         size: &mut ReadSize,
     ) -> Result<Next, ReadError> {
         loop {
@@ -346,10 +408,10 @@ impl BodyReader {
             }
             // Need more bytes.
             let room = size.prepare(buf);
-            let n = match timeout(idle, r.read_buf(buf)).await {
-                Err(_) => return Err(ReadError::Idle),
-                Ok(Err(e)) => return Err(ReadError::Io(e)),
-                Ok(Ok(n)) => n,
+            let n = match idle.read(r, buf).await {
+                Err(None) => return Err(ReadError::Idle),
+                Err(Some(e)) => return Err(ReadError::Io(e)),
+                Ok(n) => n,
             };
             size.learn(n, room);
             if n == 0 {

@@ -18,22 +18,26 @@
 //! connection is closed without the terminating chunk, so the client sees a cut stream.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::time::{sleep, sleep_until, timeout};
+use tokio::time::{sleep, sleep_until, timeout, Sleep};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::codec::chunked::{ChunkedDecoder, Field};
 use crate::codec::framing::{self, BodyFraming, RequestMeta};
 use crate::codec::head::{
     HeadError, RequestHead, RequestParser, ResponseHead, ResponseParser, Version,
 };
-use crate::logging::{ExchangeRecord, Outcome};
+use crate::logging::{ExchangeRecord, Lossy, Outcome};
 use crate::metrics::Direction;
 use crate::proxy::body::{
-    BodyReader, BodyWriter, Next, OutFraming, Piece, ReadError, ReadSize, WriteError,
+    make_room, read_before, BodyReader, BodyWriter, Next, OutFraming, Piece, ReadError, ReadIdle,
+    ReadSize, WriteError,
 };
 use crate::proxy::error::{write_error_response, ExchangeError};
 use crate::proxy::headers::{self, ForwardContext};
@@ -60,9 +64,10 @@ pub(crate) async fn serve_connection<S>(
             buf: BytesMut::with_capacity(CLIENT_BUF),
         }),
         wr,
-        peer,
+        peer_ip: peer.ip().to_string(),
         proto,
         shared,
+        counters: Counters::default(),
     };
     shared_metrics(&conn.shared).connection_opened();
     conn.run().await;
@@ -88,10 +93,61 @@ struct ClientConn<S> {
     /// `None` only while an exchange has lent it to the request body pump and lost it.
     rd: Option<ClientRead<S>>,
     wr: WriteHalf<S>,
-    peer: SocketAddr,
+    /// The peer's address as text for `X-Forwarded-For`, formatted once.
+    peer_ip: String,
     proto: &'static str,
     shared: Arc<Shared>,
+    counters: Counters,
 }
+
+/// The labelled metric series of this connection's last exchange. A connection's exchanges
+/// usually share route, upstream, status class and outcome, so each series is looked up in
+/// its family once, not once per exchange.
+#[derive(Default)]
+struct Counters {
+    requests: Option<(Arc<str>, Arc<str>, &'static str, Counter)>,
+    outcome: Option<(&'static str, Counter)>,
+}
+
+impl Counters {
+    fn count(&mut self, metrics: &crate::metrics::Metrics, rec: &ExchangeRecord) {
+        let class = crate::metrics::status_class(rec.status);
+        match &self.requests {
+            Some((route, upstream, c, counter))
+                if *c == class
+                    && Arc::ptr_eq(route, &rec.route)
+                    && Arc::ptr_eq(upstream, &rec.upstream) =>
+            {
+                counter.inc();
+            }
+            _ => {
+                let counter = metrics.request_counter(&rec.route, &rec.upstream, rec.status);
+                counter.inc();
+                self.requests = Some((
+                    Arc::clone(&rec.route),
+                    Arc::clone(&rec.upstream),
+                    class,
+                    counter,
+                ));
+            }
+        }
+        let label = rec.outcome.label();
+        match &self.outcome {
+            Some((l, counter)) if *l == label => {
+                counter.inc();
+            }
+            _ => {
+                let counter = metrics.outcome_counter(&rec.outcome);
+                counter.inc();
+                self.outcome = Some((label, counter));
+            }
+        }
+        metrics.exchange_observed(rec);
+    }
+}
+
+/// The route and upstream of an exchange that reached neither.
+static NONE_LABEL: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("-"));
 
 /// Whether the client connection can carry another exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,8 +162,17 @@ where
 {
     async fn run(&mut self) {
         let mut parser = RequestParser::new(self.shared.config.limits.head);
+        // One timer and one drain watch for the connection's life, reused by every head read
+        // (the timer's deadline is set before each use).
+        let sleep = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(sleep);
+        let drain = self.shared.draining.clone().cancelled_owned();
+        tokio::pin!(drain);
         loop {
-            let head = match self.read_head(&mut parser).await {
+            let head = match self
+                .read_head(&mut parser, sleep.as_mut(), drain.as_mut())
+                .await
+            {
                 Ok(Some(head)) => head,
                 Ok(None) => return,
                 Err(HeadRead::Bad(e)) => {
@@ -140,6 +205,8 @@ where
     async fn read_head(
         &mut self,
         parser: &mut RequestParser,
+        mut sleep: Pin<&mut Sleep>,
+        mut drain: Pin<&mut WaitForCancellationFutureOwned>,
     ) -> Result<Option<RequestHead>, HeadRead> {
         let t = &self.shared.config.timeouts;
         let idle_deadline = tokio::time::Instant::now() + t.client_idle;
@@ -159,20 +226,17 @@ where
             } else {
                 idle_deadline
             };
-            if cr.buf.capacity() - cr.buf.len() < 512 {
-                cr.buf.reserve(CLIENT_BUF);
-            }
+            make_room(&mut cr.buf, 512, CLIENT_BUF);
             tokio::select! {
                 biased;
-                _ = self.shared.draining.cancelled(), if !started => return Ok(None),
-                r = cr.rd.read_buf(&mut cr.buf) => match r {
+                _ = drain.as_mut(), if !started => return Ok(None),
+                r = read_before(&mut cr.rd, &mut cr.buf, &mut sleep, || deadline) => match r {
                     Ok(0) if cr.buf.is_empty() => return Ok(None),
-                    Ok(0) | Err(_) => return Err(HeadRead::Closed),
+                    Ok(0) | Err(Some(_)) => return Err(HeadRead::Closed),
                     Ok(_) => {}
+                    Err(None) if started => return Err(HeadRead::Timeout),
+                    Err(None) => return Ok(None),
                 },
-                _ = sleep_until(deadline) => {
-                    return if started { Err(HeadRead::Timeout) } else { Ok(None) };
-                }
             }
         }
     }
@@ -208,13 +272,13 @@ where
         let shared = Arc::clone(&self.shared);
         let started = Instant::now();
         let request_id: Bytes =
-            headers::request_id_of(&head).unwrap_or_else(|| Bytes::from(headers::new_request_id()));
+            headers::request_id_of(&head).unwrap_or_else(headers::new_request_id);
         let mut rec = ExchangeRecord {
-            request_id: String::from_utf8_lossy(&request_id).into_owned(),
-            method: String::from_utf8_lossy(&head.method).into_owned(),
-            path: path_without_query(&head.target),
-            route: Arc::from("-"),
-            upstream: Arc::from("-"),
+            request_id: request_id.clone(),
+            method: head.method.clone(),
+            path: head.target.clone(),
+            route: Arc::clone(&NONE_LABEL),
+            upstream: Arc::clone(&NONE_LABEL),
             status: 0,
             bytes_in: 0,
             bytes_out: 0,
@@ -231,7 +295,7 @@ where
             .exchange_inner(&head, &request_id, &mut rec, started)
             .await;
         rec.duration = started.elapsed();
-        shared.metrics.exchange_done(&rec);
+        self.counters.count(&shared.metrics, &rec);
         if shared.config.log.access_log {
             crate::logging::access_log(&rec);
         }
@@ -248,7 +312,7 @@ where
         self.shared.metrics.rejected(reason);
         rec.status = err.answer().0;
         rec.outcome = Outcome::Rejected(reason);
-        tracing::debug!(request_id = %rec.request_id, error = %err, "request rejected");
+        tracing::debug!(request_id = %Lossy(&rec.request_id), error = %err, "request rejected");
         self.answer_error(&err, request_id, &[]).await;
         After::Close
     }
@@ -331,7 +395,7 @@ where
             };
             tried.push(idx);
             let upstream: Arc<Upstream> = Arc::clone(&group.upstreams[idx]);
-            rec.upstream = Arc::from(upstream.name());
+            rec.upstream = Arc::clone(upstream.name_shared());
             if upstream.breaker.try_acquire(now).is_err() {
                 last_err = Some(ExchangeError::BreakerOpen {
                     group: group.name.clone(),
@@ -360,7 +424,7 @@ where
                     if e.is_timeout() {
                         shared.metrics.timeout("connect");
                     }
-                    tracing::warn!(request_id = %rec.request_id, upstream = %upstream.name(), error = %e, "upstream connect failed");
+                    tracing::warn!(request_id = %Lossy(&rec.request_id), upstream = %upstream.name(), error = %e, "upstream connect failed");
                     breaker_failure(&shared.metrics, &upstream);
                     let retry_ok = cfg.retry.on_connect_error;
                     last_err = Some(ExchangeError::Connect(e));
@@ -382,11 +446,10 @@ where
             let up_buf = read_buf;
 
             // Head, then what was already read of the body.
-            let authority = upstream.cfg.url.authority();
             let ctx = ForwardContext {
-                client_ip: self.peer.ip(),
+                client_ip: &self.peer_ip,
                 proto: self.proto,
-                upstream_authority: &authority,
+                upstream_authority: upstream.authority(),
                 path: {
                     route.rewrite(&upstream.cfg.url.path_prefix, &head.target, &mut target);
                     &target
@@ -486,7 +549,7 @@ where
                             return self.reject(err, request_id, rec).await;
                         }
                         if let Err(PumpError::Upstream(e)) = &p.result {
-                            tracing::debug!(request_id = %rec.request_id, error = ?e, "writing the request body upstream failed; waiting for its answer");
+                            tracing::debug!(request_id = %Lossy(&rec.request_id), error = ?e, "writing the request body upstream failed; waiting for its answer");
                         }
                         pumped = Some(p);
                     }
@@ -506,7 +569,7 @@ where
                     if matches!(err, ExchangeError::UpstreamHeadTimeout) {
                         shared.metrics.timeout("response_head");
                     }
-                    tracing::warn!(request_id = %rec.request_id, upstream = %upstream.name(), error = %err, "upstream failed before the response head");
+                    tracing::warn!(request_id = %Lossy(&rec.request_id), upstream = %upstream.name(), error = %err, "upstream failed before the response head");
                     breaker_failure(&shared.metrics, &upstream);
                     let Some(p) = pumped else {
                         // The body pump still holds the client: it cannot be answered cleanly
@@ -578,7 +641,7 @@ where
                 );
                 if let Some(delay) = self.retry_delay(attempt, max_attempts, deadline, hint) {
                     let p = pumped.take().expect("replayable implies a finished pump");
-                    tracing::info!(request_id = %rec.request_id, upstream = %upstream.name(), status = resp_head.status, delay_ms = delay.as_millis() as u64, "retrying after a retryable status");
+                    tracing::info!(request_id = %Lossy(&rec.request_id), upstream = %upstream.name(), status = resp_head.status, delay_ms = delay.as_millis() as u64, "retrying after a retryable status");
                     self.rd = Some(p.client);
                     reader = p.reader;
                     replay = p.replay;
@@ -668,7 +731,7 @@ where
         };
         rec.retries += 1;
         self.shared.metrics.retry(upstream.name());
-        tracing::info!(request_id = %rec.request_id, upstream = %upstream.name(), attempt, delay_ms = delay.as_millis() as u64, "retrying");
+        tracing::info!(request_id = %Lossy(&rec.request_id), upstream = %upstream.name(), attempt, delay_ms = delay.as_millis() as u64, "retrying");
         sleep(delay).await;
         true
     }
@@ -806,7 +869,7 @@ where
                     r = &mut resp => break Some(r),
                     p = &mut pump, if pumped.is_none() => {
                         if let Err(PumpError::Client(e)) = &p.result {
-                            tracing::warn!(request_id = %rec.request_id, error = %e, "request body failed after the response started");
+                            tracing::warn!(request_id = %Lossy(&rec.request_id), error = %e, "request body failed after the response started");
                             rec.outcome = Outcome::ClientGone;
                             break None;
                         }
@@ -815,7 +878,7 @@ where
                         pumped = Some(p);
                     }
                     _ = watch_client_eof(pumped.as_mut().map(|p| &mut p.client), watch_limit), if pumped.is_some() => {
-                        tracing::info!(request_id = %rec.request_id, upstream = %ctx.upstream.name(), "client went away mid-stream: closing the upstream connection");
+                        tracing::info!(request_id = %Lossy(&rec.request_id), upstream = %ctx.upstream.name(), "client went away mid-stream: closing the upstream connection");
                         rec.outcome = Outcome::ClientGone;
                         break None;
                     }
@@ -853,7 +916,7 @@ where
                     _ => Outcome::UpstreamBroke,
                 };
                 breaker_failure(&shared.metrics, ctx.upstream);
-                tracing::warn!(request_id = %rec.request_id, upstream = %ctx.upstream.name(), error = %e, "upstream stream broke after the response started: cutting the client stream");
+                tracing::warn!(request_id = %Lossy(&rec.request_id), upstream = %ctx.upstream.name(), error = %e, "upstream stream broke after the response started: cutting the client stream");
                 return After::Close;
             }
             Err(RespError::Client(e)) => {
@@ -943,14 +1006,6 @@ fn breaker_code(s: crate::upstream::breaker::BreakerState) -> u8 {
         Open => 1,
         HalfOpen => 2,
     }
-}
-
-fn path_without_query(target: &[u8]) -> String {
-    let end = target
-        .iter()
-        .position(|&b| b == b'?')
-        .unwrap_or(target.len());
-    String::from_utf8_lossy(&target[..end]).into_owned()
 }
 
 fn client_body_error(e: &ReadError) -> ExchangeError {
@@ -1098,6 +1153,9 @@ async fn pump_request<S: AsyncRead + Unpin>(
         let mut trailers = Vec::new();
         let mut reassembled = reader.reassembled();
         let mut read_size = ReadSize::new();
+        let sleep = tokio::time::sleep(idle);
+        tokio::pin!(sleep);
+        let mut idle = ReadIdle::new(idle, sleep);
         loop {
             let next = match reader.next_buffered(&mut client.buf) {
                 Ok(Some(next)) => Ok(next),
@@ -1108,7 +1166,7 @@ async fn pump_request<S: AsyncRead + Unpin>(
                         .await
                         .map_err(PumpError::Upstream)?;
                     reader
-                        .next(&mut client.rd, &mut client.buf, idle, &mut read_size)
+                        .next(&mut client.rd, &mut client.buf, &mut idle, &mut read_size)
                         .await
                 }
                 Err(e) => Err(e),
@@ -1178,9 +1236,7 @@ async fn read_response_head(
                 Ok(None) => {}
                 Err(e) => return Err(ExchangeError::UpstreamHead(e)),
             }
-            if buf.capacity() - buf.len() < 512 {
-                buf.reserve(2048);
-            }
+            make_room(&mut buf, 512, crate::upstream::pool::READ_BUF_CAPACITY);
             match rd.read_buf(&mut buf).await {
                 Ok(0) => return Err(ExchangeError::UpstreamClosed),
                 Ok(_) => {}
@@ -1241,13 +1297,18 @@ async fn pump_response<W: AsyncWrite + Unpin>(
         let mut trailers = Vec::new();
         let mut reassembled = 0;
         let mut read_size = ReadSize::new();
+        let sleep = tokio::time::sleep(idle);
+        tokio::pin!(sleep);
+        let mut idle = ReadIdle::new(idle, sleep);
         loop {
             let next = match reader.next_buffered(&mut buf) {
                 Ok(Some(next)) => Ok(next),
                 Ok(None) => {
                     // Nothing at hand: the client gets the head now, not with the first chunk.
                     writer.flush_pending(wr).await.map_err(RespError::Client)?;
-                    reader.next(&mut rd, &mut buf, idle, &mut read_size).await
+                    reader
+                        .next(&mut rd, &mut buf, &mut idle, &mut read_size)
+                        .await
                 }
                 Err(e) => Err(e),
             };

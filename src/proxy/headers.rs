@@ -23,9 +23,6 @@
 //! `Authorization` and `x-api-key` values are copied into the forwarded head and nowhere else.
 //! An injected field replaces every client field of the same name.
 
-use std::fmt::Write as _;
-use std::net::IpAddr;
-
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::codec::framing::BodyFraming;
@@ -42,8 +39,9 @@ pub const MAX_REQUEST_ID_LEN: usize = 128;
 /// What [`write_request_head`] needs besides the client's head.
 #[derive(Debug, Clone, Copy)]
 pub struct ForwardContext<'a> {
-    /// Address of the client peer (goes into `X-Forwarded-For`).
-    pub client_ip: IpAddr,
+    /// Address of the client peer as text (goes into `X-Forwarded-For`); formatted once
+    /// per connection, not per request.
+    pub client_ip: &'a str,
     /// Scheme the client connected with: `"http"` or `"https"`.
     pub proto: &'a str,
     /// `host[:port]` of the upstream, written as `Host`.
@@ -247,10 +245,7 @@ pub fn write_request_head(
         put_field(dst, name, &h.value);
     }
 
-    dst.put_slice(b"X-Forwarded-For: ");
-    // Formats into the buffer directly; writing to a BytesMut cannot fail.
-    let _ = write!(dst, "{}", ctx.client_ip);
-    dst.put_slice(b"\r\n");
+    put_field(dst, b"X-Forwarded-For", ctx.client_ip.as_bytes());
     put_field(dst, b"X-Forwarded-Proto", ctx.proto.as_bytes());
     if let Some(host) = head.get("host").or(head.target_authority.as_ref()) {
         put_field(dst, b"X-Forwarded-Host", host);
@@ -353,8 +348,16 @@ pub fn request_id_of(head: &RequestHead) -> Option<Bytes> {
 }
 
 /// A fresh request id: 32 lowercase hex characters (128 random bits from `fastrand`).
-pub fn new_request_id() -> String {
-    format!("{:032x}", fastrand::u128(..))
+pub fn new_request_id() -> Bytes {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut bits = fastrand::u128(..);
+    let mut id = [0u8; 32];
+    for b in id.iter_mut().rev() {
+        *b = HEX[(bits & 0xf) as usize];
+        bits >>= 4;
+    }
+    // Owned as is: one allocation, and clones (the access record) only count references.
+    Bytes::from_owner(id)
 }
 
 #[cfg(test)]
@@ -398,7 +401,7 @@ mod tests {
 
     fn ctx<'a>(inject: &'a [(String, String)]) -> ForwardContext<'a> {
         ForwardContext {
-            client_ip: "203.0.113.7".parse().unwrap(),
+            client_ip: "203.0.113.7",
             proto: "https",
             upstream_authority: "api.upstream.test:443",
             path: b"/v1/chat/completions",
@@ -514,7 +517,7 @@ mod tests {
     fn write_request_head_ipv6_client_and_http10_without_host() {
         let inject: Vec<(String, String)> = Vec::new();
         let mut c = ctx(&inject);
-        c.client_ip = "2001:db8::1".parse().unwrap();
+        c.client_ip = "2001:db8::1";
         c.path = b"/";
         let mut dst = BytesMut::new();
         write_request_head(
@@ -693,7 +696,7 @@ mod tests {
         let b = new_request_id();
         assert_eq!(a.len(), 32);
         assert!(a
-            .bytes()
+            .iter()
             .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
         assert_ne!(a, b);
     }

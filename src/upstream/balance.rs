@@ -31,6 +31,10 @@ pub struct Upstream {
     pub breaker: Breaker,
     /// Requests in flight ([`Upstream::begin`] guards alive).
     outstanding: AtomicUsize,
+    /// [`Upstream::name`], shared with exchange records without a copy.
+    name: Arc<str>,
+    /// `Host` for requests to it, computed once.
+    authority: String,
 }
 
 impl Upstream {
@@ -42,17 +46,30 @@ impl Upstream {
         breaker: &BreakerConfig,
     ) -> Result<Upstream, String> {
         let connector = Connector::new(cfg, timeouts)?;
+        let name = Arc::from(connector.name());
         Ok(Upstream {
             cfg: cfg.clone(),
             pool: UpstreamPool::new(connector, pool),
             breaker: Breaker::new(breaker),
             outstanding: AtomicUsize::new(0),
+            name,
+            authority: cfg.url.authority(),
         })
     }
 
     /// The upstream as `scheme://authority`, for logs and metrics labels.
     pub fn name(&self) -> &str {
-        self.pool.connector().name()
+        &self.name
+    }
+
+    /// [`Upstream::name`] as a shared string (a reference count, not a copy).
+    pub fn name_shared(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// `host[:port]` as sent in `Host` to this upstream.
+    pub fn authority(&self) -> &str {
+        &self.authority
     }
 
     /// Its weight, at least 1.
@@ -158,6 +175,10 @@ impl Group {
     /// outstanding requests per weight (see the module docs). The breaker is not acquired
     /// here: the caller calls `breaker.try_acquire` on the chosen upstream.
     pub fn pick(&self, exclude: &[usize], now: Instant) -> Option<usize> {
+        if let [only] = self.upstreams.as_slice() {
+            // The common case, without the candidate lists: excluded or not, it is the one.
+            return only.breaker.is_available(now).then_some(0);
+        }
         let available: Vec<usize> = (0..self.upstreams.len())
             .filter(|&i| self.upstreams[i].breaker.is_available(now))
             .collect();
