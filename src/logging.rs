@@ -171,6 +171,25 @@ pub struct ExchangeRecord {
     pub outcome: Outcome,
 }
 
+impl ExchangeRecord {
+    /// Give the record its own copies of the request id, method and path (the target without
+    /// its query), so it no longer keeps alive the buffer they were parsed from.
+    pub fn detach(&mut self) {
+        let end = path_end(&self.path);
+        self.path = Bytes::copy_from_slice(&self.path[..end]);
+        self.request_id = Bytes::copy_from_slice(&self.request_id);
+        self.method = Bytes::copy_from_slice(&self.method);
+    }
+}
+
+/// Where the path of a request target ends: at its query or fragment, if any.
+fn path_end(target: &[u8]) -> usize {
+    target
+        .iter()
+        .position(|&b| b == b'?' || b == b'#')
+        .unwrap_or(target.len())
+}
+
 /// Bytes from the wire shown as text: valid UTF-8 as is, anything else as U+FFFD. Formats
 /// without allocating, so building a log field costs nothing unless the event is emitted.
 pub struct Lossy<'a>(pub &'a [u8]);
@@ -196,11 +215,7 @@ fn millis(d: Duration) -> f64 {
 /// chunks_in chunks_out reassembled ttfb_ms ttfc_ms duration_ms retries outcome`
 /// (`ttfb_ms`/`ttfc_ms` absent when there was none). A query string left in `path` is cut off.
 pub fn access_log(rec: &ExchangeRecord) {
-    let end = rec
-        .path
-        .iter()
-        .position(|&b| b == b'?' || b == b'#')
-        .unwrap_or(rec.path.len());
+    let end = path_end(&rec.path);
     tracing::info!(
         target: "access",
         request_id = %Lossy(&rec.request_id),

@@ -291,9 +291,33 @@ where
             retries: 0,
             outcome: Outcome::Complete,
         };
-        let after = self
+        let step = self
             .exchange_inner(&head, &request_id, &mut rec, started)
             .await;
+        let after = match step {
+            Step::Done(after) => after,
+            Step::Stream(mut c) => {
+                if matches!(
+                    c.resp_meta.framing,
+                    BodyFraming::Chunked | BodyFraming::Close
+                ) {
+                    // A stream may last minutes: let go of the client's read buffer while it
+                    // runs. Nothing may point into it: the head goes, the few bytes the
+                    // record and the answer keep are copied, and an empty buffer is freed
+                    // (the next request head gets a fresh one).
+                    drop(head);
+                    drop(request_id);
+                    rec.detach();
+                    c.request_id = rec.request_id.clone();
+                    if let Some(p) = c.pumped.as_mut() {
+                        if p.client.buf.is_empty() {
+                            p.client.buf = BytesMut::new();
+                        }
+                    }
+                }
+                self.stream_response(c, &mut rec).await
+            }
+        };
         rec.duration = started.elapsed();
         self.counters.count(&shared.metrics, &rec);
         if shared.config.log.access_log {
@@ -323,25 +347,27 @@ where
         request_id: &Bytes,
         rec: &mut ExchangeRecord,
         started: Instant,
-    ) -> After {
+    ) -> Step<S> {
         let shared = Arc::clone(&self.shared);
         let cfg = &shared.config;
         let meta: RequestMeta = match framing::request_meta(head) {
             Ok(m) => m,
             Err(e) => {
-                return self
-                    .reject(ExchangeError::ClientFraming(e), request_id, rec)
-                    .await
+                return Step::Done(
+                    self.reject(ExchangeError::ClientFraming(e), request_id, rec)
+                        .await,
+                )
             }
         };
         let Some(route) = route::select(&shared.routes, &head.target) else {
-            return self.reject(ExchangeError::NoRoute, request_id, rec).await;
+            return Step::Done(self.reject(ExchangeError::NoRoute, request_id, rec).await);
         };
         rec.route = Arc::clone(&route.name);
         if !route.authorized(head.get("authorization").map(|v| &v[..])) {
-            return self
-                .reject(ExchangeError::Unauthorized, request_id, rec)
-                .await;
+            return Step::Done(
+                self.reject(ExchangeError::Unauthorized, request_id, rec)
+                    .await,
+            );
         }
         let mut reader = match meta.framing {
             BodyFraming::None => BodyReader::None,
@@ -349,7 +375,7 @@ where
                 if let Some(limit) = cfg.limits.max_request_body {
                     if n > limit {
                         let err = ExchangeError::ClientBodyTooLarge { limit };
-                        return self.reject(err, request_id, rec).await;
+                        return Step::Done(self.reject(err, request_id, rec).await);
                     }
                 }
                 BodyReader::Length { remaining: n }
@@ -391,7 +417,7 @@ where
                 let err = ExchangeError::BreakerOpen {
                     group: group.name.clone(),
                 };
-                return self.reject(err, request_id, rec).await;
+                return Step::Done(self.reject(err, request_id, rec).await);
             };
             tried.push(idx);
             let upstream: Arc<Upstream> = Arc::clone(&group.upstreams[idx]);
@@ -412,7 +438,13 @@ where
             // Connecting is bounded by the connect and handshake timeouts; waiting for a free
             // slot when the upstream is at its connection cap is bounded here.
             let slot_wait = cfg.timeouts.connect + cfg.timeouts.tls_handshake;
-            let conn = match timeout(slot_wait, upstream.pool.checkout()).await {
+            // An idle keep-alive connection is taken at once; only a wait or a connect goes
+            // through the (large, so boxed) checkout future.
+            let checkout = match upstream.pool.try_checkout_idle() {
+                Some(c) => Ok(Ok(c)),
+                None => Box::pin(timeout(slot_wait, upstream.pool.checkout())).await,
+            };
+            let conn = match checkout {
                 Err(_) => {
                     shared.metrics.timeout("pool_wait");
                     upstream.breaker.on_abandon(Instant::now());
@@ -506,9 +538,10 @@ where
 
             // Phase 1: pump the rest of the request body while waiting for the response head.
             let Some(client) = self.rd.take() else {
-                return After::Close;
+                return Step::Done(After::Close);
             };
-            let pump = pump_request(
+            // Boxed, and dropped the moment it finishes: a stream's state then holds no pump.
+            let mut pump: Option<PumpFuture<S>> = Some(Box::pin(pump_request(
                 client,
                 reader,
                 up_wr,
@@ -516,48 +549,52 @@ where
                 replay,
                 body_done,
                 cfg.timeouts.stream_idle,
-                &shared.metrics,
-            );
-            let head_read = read_response_head(
-                up_rd,
-                up_buf,
-                ResponseParser::new(cfg.limits.head),
-                cfg.timeouts.response_head,
-            );
-            tokio::pin!(pump);
-            tokio::pin!(head_read);
+                Arc::clone(&shared),
+            )));
             let mut pumped: Option<PumpOut<S>> = None;
-            let total_sleep = sleep_until_opt(total_deadline);
-            tokio::pin!(total_sleep);
-            let head_result = loop {
-                tokio::select! {
-                    // The pump first: a body that is already whole is recorded before the head.
-                    biased;
-                    p = &mut pump, if pumped.is_none() => {
-                        if let Err(PumpError::Client(e)) = &p.result {
-                            // The client's body is bad or gone: answer it (nothing was sent yet).
-                            let err = client_body_error(e);
-                            rec.bytes_in = p.writer.bytes;
-                            rec.chunks_in = p.writer.chunks;
-                            rec.reassembled = p.reader.reassembled();
-                            self.rd = Some(p.client);
-                            upstream.breaker.on_abandon(Instant::now());
-                            if matches!(err, ExchangeError::ClientGone) {
-                                rec.outcome = Outcome::ClientGone;
-                                return After::Close;
+            // The head read and its timers live only in this block, so their room in the
+            // exchange's state is reused by the streaming phase.
+            let head_result = {
+                let head_read = read_response_head(
+                    up_rd,
+                    up_buf,
+                    ResponseParser::new(cfg.limits.head),
+                    cfg.timeouts.response_head,
+                );
+                tokio::pin!(head_read);
+                let total_sleep = sleep_until_opt(total_deadline);
+                tokio::pin!(total_sleep);
+                loop {
+                    tokio::select! {
+                        // The pump first: a body that is already whole is recorded before the head.
+                        biased;
+                        p = maybe(&mut pump), if pump.is_some() => {
+                            pump = None;
+                            if let Err(PumpError::Client(e)) = &p.result {
+                                // The client's body is bad or gone: answer it (nothing was sent yet).
+                                let err = client_body_error(e);
+                                rec.bytes_in = p.writer.bytes;
+                                rec.chunks_in = p.writer.chunks;
+                                rec.reassembled = p.reader.reassembled();
+                                self.rd = Some(p.client);
+                                upstream.breaker.on_abandon(Instant::now());
+                                if matches!(err, ExchangeError::ClientGone) {
+                                    rec.outcome = Outcome::ClientGone;
+                                    return Step::Done(After::Close);
+                                }
+                                return Step::Done(self.reject(err, request_id, rec).await);
                             }
-                            return self.reject(err, request_id, rec).await;
+                            if let Err(PumpError::Upstream(e)) = &p.result {
+                                tracing::debug!(request_id = %Lossy(&rec.request_id), error = ?e, "writing the request body upstream failed; waiting for its answer");
+                            }
+                            pumped = Some(p);
                         }
-                        if let Err(PumpError::Upstream(e)) = &p.result {
-                            tracing::debug!(request_id = %Lossy(&rec.request_id), error = ?e, "writing the request body upstream failed; waiting for its answer");
+                        h = &mut head_read => break h,
+                        _ = &mut total_sleep => {
+                            shared.metrics.timeout("total");
+                            upstream.breaker.on_abandon(Instant::now());
+                            return Step::Done(self.reject(ExchangeError::TotalTimeout, request_id, rec).await);
                         }
-                        pumped = Some(p);
-                    }
-                    h = &mut head_read => break h,
-                    _ = &mut total_sleep => {
-                        shared.metrics.timeout("total");
-                        upstream.breaker.on_abandon(Instant::now());
-                        return self.reject(ExchangeError::TotalTimeout, request_id, rec).await;
                     }
                 }
             };
@@ -590,7 +627,7 @@ where
                         );
                         let _ =
                             timeout(cfg.timeouts.client_write_stall, self.wr.write_all(&out)).await;
-                        return After::Close;
+                        return Step::Done(After::Close);
                     };
                     self.rd = Some(p.client);
                     reader = p.reader;
@@ -656,31 +693,38 @@ where
                 }
             }
 
-            // Commit: the response goes to the client.
-            return self
-                .stream_response(
-                    StreamCtx {
-                        head,
-                        meta: &meta,
-                        resp_head,
-                        request_id,
-                        upstream: &upstream,
-                        slot,
-                        client_takes_trailers,
-                        retries_note: retries_note(rec.retries, replay_flag(&pumped)),
-                        total_deadline,
-                        started,
-                    },
-                    up_rd,
-                    up_buf,
-                    pump,
-                    pumped,
-                    rec,
-                )
-                .await;
+            // Commit: the response goes to the client (after this exchange's state is gone).
+            let resp_meta = match framing::response_meta(&head.method, &resp_head) {
+                Ok(m) => m,
+                Err(e) => {
+                    breaker_failure(&shared.metrics, &upstream);
+                    if let Some(p) = pumped {
+                        self.rd = Some(p.client);
+                    }
+                    let err = ExchangeError::UpstreamFraming(e);
+                    return Step::Done(self.reject_upstream(err, request_id, rec).await);
+                }
+            };
+            return Step::Stream(Box::new(Committed {
+                version: head.version,
+                client_keep_alive: meta.keep_alive,
+                resp_meta,
+                resp_head,
+                request_id: request_id.clone(),
+                retries_note: retries_note(rec.retries, replay_flag(&pumped)),
+                upstream,
+                slot,
+                client_takes_trailers,
+                total_deadline,
+                started,
+                up_rd,
+                up_buf,
+                pump,
+                pumped,
+            }));
         }
         let err = last_err.unwrap_or(ExchangeError::UpstreamClosed);
-        self.reject_upstream(err, request_id, rec).await
+        Step::Done(self.reject_upstream(err, request_id, rec).await)
     }
 }
 
@@ -761,37 +805,29 @@ where
 
     /// Send the committed response to the client while the request pump (if still running)
     /// finishes, and watch the client for EOF so a client that leaves cancels the upstream.
-    #[allow(clippy::too_many_arguments)]
-    async fn stream_response<F>(
-        &mut self,
-        ctx: StreamCtx<'_>,
-        up_rd: ReadHalf<UpstreamStream>,
-        up_buf: BytesMut,
-        mut pump: std::pin::Pin<&mut F>,
-        mut pumped: Option<PumpOut<S>>,
-        rec: &mut ExchangeRecord,
-    ) -> After
-    where
-        F: std::future::Future<Output = PumpOut<S>>,
-    {
+    async fn stream_response(&mut self, c: Box<Committed<S>>, rec: &mut ExchangeRecord) -> After {
         let shared = Arc::clone(&self.shared);
         let cfg = &shared.config;
-        // Taken out of `ctx` so it can be dropped once written: it holds a slice of the
-        // upstream read buffer, which would otherwise stay pinned for the whole stream.
-        let resp_head = ctx.resp_head;
-        let resp_meta = match framing::response_meta(&ctx.head.method, &resp_head) {
-            Ok(m) => m,
-            Err(e) => {
-                breaker_failure(&shared.metrics, ctx.upstream);
-                if let Some(p) = pumped {
-                    self.rd = Some(p.client);
-                }
-                return self
-                    .reject_upstream(ExchangeError::UpstreamFraming(e), ctx.request_id, rec)
-                    .await;
-            }
-        };
-        let v10 = ctx.head.version == Version::Http10;
+        let Committed {
+            version,
+            client_keep_alive,
+            resp_meta,
+            // Dropped once written: it holds a slice of the upstream read buffer, which would
+            // otherwise stay pinned for the whole stream.
+            resp_head,
+            request_id,
+            retries_note,
+            upstream,
+            slot,
+            client_takes_trailers,
+            total_deadline,
+            started,
+            up_rd,
+            up_buf,
+            mut pump,
+            mut pumped,
+        } = *c;
+        let v10 = version == Version::Http10;
         let (reader, client_framing) = match resp_meta.framing {
             // No body (HEAD, 204, 304): the head writer keeps a valid Content-Length.
             BodyFraming::None => (BodyReader::None, BodyFraming::None),
@@ -814,20 +850,20 @@ where
             ),
         };
         let out = OutFraming::from(client_framing);
-        let keep_alive = ctx.meta.keep_alive
+        let keep_alive = client_keep_alive
             && !shared.draining.is_cancelled()
             && client_framing != BodyFraming::Close;
         let mut extra: Vec<(&str, &str)> = Vec::new();
-        if let Some(note) = ctx.retries_note.as_deref() {
+        if let Some(note) = retries_note.as_deref() {
             extra.push(("x-chunkgate-retries", note));
         }
         let mut head_out = BytesMut::with_capacity(512);
         headers::write_response_head(
             &resp_head,
-            ctx.head.version,
+            version,
             &client_framing,
             keep_alive,
-            ctx.request_id,
+            &request_id,
             &extra,
             &mut head_out,
         );
@@ -838,11 +874,8 @@ where
         }
         // The writer, reader and timing live outside the pump so their counts survive a
         // cancelled pump (client gone, total timeout) for the access log and metrics.
-        let mut writer = BodyWriter::new(
-            out,
-            ctx.client_takes_trailers,
-            cfg.timeouts.client_write_stall,
-        );
+        let mut writer =
+            BodyWriter::new(out, client_takes_trailers, cfg.timeouts.client_write_stall);
         drop(resp_head);
         // The head leaves with the first piece of the body when that is already here.
         writer.set_pending(head_out);
@@ -858,16 +891,17 @@ where
                 &mut ttfc,
                 cfg.timeouts.stream_idle,
                 &shared.metrics,
-                ctx.started,
+                started,
             );
             tokio::pin!(resp);
-            let total_sleep = sleep_until_opt(ctx.total_deadline);
+            let total_sleep = sleep_until_opt(total_deadline);
             tokio::pin!(total_sleep);
             let watch_limit = cfg.limits.head.max_head_bytes;
             loop {
                 tokio::select! {
                     r = &mut resp => break Some(r),
-                    p = &mut pump, if pumped.is_none() => {
+                    p = maybe(&mut pump), if pump.is_some() => {
+                        pump = None;
                         if let Err(PumpError::Client(e)) = &p.result {
                             tracing::warn!(request_id = %Lossy(&rec.request_id), error = %e, "request body failed after the response started");
                             rec.outcome = Outcome::ClientGone;
@@ -878,7 +912,7 @@ where
                         pumped = Some(p);
                     }
                     _ = watch_client_eof(pumped.as_mut().map(|p| &mut p.client), watch_limit), if pumped.is_some() => {
-                        tracing::info!(request_id = %Lossy(&rec.request_id), upstream = %ctx.upstream.name(), "client went away mid-stream: closing the upstream connection");
+                        tracing::info!(request_id = %Lossy(&rec.request_id), upstream = %upstream.name(), "client went away mid-stream: closing the upstream connection");
                         rec.outcome = Outcome::ClientGone;
                         break None;
                     }
@@ -915,8 +949,8 @@ where
                     }
                     _ => Outcome::UpstreamBroke,
                 };
-                breaker_failure(&shared.metrics, ctx.upstream);
-                tracing::warn!(request_id = %Lossy(&rec.request_id), upstream = %ctx.upstream.name(), error = %e, "upstream stream broke after the response started: cutting the client stream");
+                breaker_failure(&shared.metrics, &upstream);
+                tracing::warn!(request_id = %Lossy(&rec.request_id), upstream = %upstream.name(), error = %e, "upstream stream broke after the response started: cutting the client stream");
                 return After::Close;
             }
             Err(RespError::Client(e)) => {
@@ -940,9 +974,9 @@ where
         }
         if resp_meta.keep_alive && out.buf.is_empty() {
             let stream = out.rd.unsplit(p.up_wr);
-            ctx.upstream
+            upstream
                 .pool
-                .checkin(PooledConn::from_parts(stream, out.buf, ctx.slot));
+                .checkin(PooledConn::from_parts(stream, out.buf, slot));
         }
         self.rd = Some(p.client);
         if keep_alive {
@@ -953,18 +987,36 @@ where
     }
 }
 
-/// What the response phase needs to know about the exchange.
-struct StreamCtx<'a> {
-    head: &'a RequestHead,
-    meta: &'a RequestMeta,
+/// The request body pump, boxed: it is dropped the moment it finishes, so a long stream's
+/// state does not hold it.
+type PumpFuture<S> = Pin<Box<dyn std::future::Future<Output = PumpOut<S>> + Send>>;
+
+/// How an exchange's upstream phase ended: answered already (an error, a rejection), or with
+/// a response to stream to the client.
+enum Step<S> {
+    Done(After),
+    /// Boxed so the exchange's state holds a pointer, not the whole struct, twice.
+    Stream(Box<Committed<S>>),
+}
+
+/// A committed response: everything the streaming phase needs, owned, so the state of the
+/// upstream phase (attempts, head read, retries) is gone while the response streams.
+struct Committed<S> {
+    version: Version,
+    client_keep_alive: bool,
+    resp_meta: framing::ResponseMeta,
     resp_head: ResponseHead,
-    request_id: &'a Bytes,
-    upstream: &'a Arc<Upstream>,
+    request_id: Bytes,
+    retries_note: Option<String>,
+    upstream: Arc<Upstream>,
     slot: crate::upstream::pool::Slot,
     client_takes_trailers: bool,
-    retries_note: Option<String>,
     total_deadline: Option<Instant>,
     started: Instant,
+    up_rd: ReadHalf<UpstreamStream>,
+    up_buf: BytesMut,
+    pump: Option<PumpFuture<S>>,
+    pumped: Option<PumpOut<S>>,
 }
 
 enum HeadRead {
@@ -1020,6 +1072,14 @@ fn write_io(e: WriteError) -> std::io::Error {
     match e {
         WriteError::Io(e) => e,
         WriteError::Stalled => std::io::ErrorKind::TimedOut.into(),
+    }
+}
+
+/// Await the future in `f`, if there is one; never resolve otherwise.
+async fn maybe<F: std::future::Future + Unpin>(f: &mut Option<F>) -> F::Output {
+    match f {
+        Some(f) => f.await,
+        None => std::future::pending().await,
     }
 }
 
@@ -1144,8 +1204,9 @@ async fn pump_request<S: AsyncRead + Unpin>(
     mut replay: Replay,
     body_done: bool,
     idle: Duration,
-    metrics: &crate::metrics::Metrics,
+    shared: Arc<Shared>,
 ) -> PumpOut<S> {
+    let metrics = &shared.metrics;
     let result = async {
         if body_done {
             return Ok(());

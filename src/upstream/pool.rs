@@ -212,6 +212,12 @@ impl UpstreamPool {
         &self.inner.connector
     }
 
+    /// An idle connection if one is ready now, without waiting or connecting: the common
+    /// keep-alive case, with none of [`UpstreamPool::checkout`]'s machinery.
+    pub fn try_checkout_idle(&self) -> Option<PooledConn> {
+        self.inner.take_idle()
+    }
+
     /// Get a connection: the most recently returned idle connection that is still usable,
     /// or else a new one once a slot is free (`max_connections_per_upstream` open at most).
     ///
