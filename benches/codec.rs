@@ -10,7 +10,8 @@
 //! same payloads. Throughput is in wire bytes; ns per chunk is time per iteration divided by the
 //! chunk count printed at the start.
 //!
-//! Run: `cargo bench --bench codec`.
+//! Run: `cargo bench --bench codec`. The inputs and decode loops live in `shapes/`, shared with
+//! `decode_instructions.rs`, which counts instructions for the same work.
 
 use std::io;
 use std::pin::Pin;
@@ -18,103 +19,16 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use chunkgate::codec::chunked::{ChunkedDecoder, ChunkedEncoder, Frame, Limits};
+use chunkgate::codec::chunked::ChunkedEncoder;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
-use tokio_util::codec::Decoder;
 
-/// One benchmark input: the payloads and their chunked encoding.
-struct Shape {
-    name: &'static str,
-    payloads: Vec<Bytes>,
-    wire: Bytes,
-}
-
-impl Shape {
-    fn new(name: &'static str, payloads: Vec<Bytes>) -> Shape {
-        let mut enc = ChunkedEncoder::new();
-        let mut wire = BytesMut::new();
-        for p in &payloads {
-            enc.encode_chunk(p, &mut wire);
-        }
-        enc.encode_end(&[], &mut wire);
-        Shape {
-            name,
-            payloads,
-            wire: wire.freeze(),
-        }
-    }
-
-    /// The first `n` payloads as their own shape (for 1-byte reads).
-    fn prefix(&self, n: usize) -> Shape {
-        Shape::new(
-            self.name,
-            self.payloads[..n.min(self.payloads.len())].to_vec(),
-        )
-    }
-}
-
-/// Token-sized SSE events with seeded sizes, 20–200 bytes each.
-fn token_stream(chunks: usize) -> Shape {
-    let mut rng = fastrand::Rng::with_seed(0x5eed);
-    let payloads = (0..chunks)
-        .map(|i| {
-            let len = rng.usize(20..=200);
-            let mut p = format!("data: {{\"i\":{i},\"delta\":\"").into_bytes();
-            p.resize(len.saturating_sub(4).max(p.len()), b'x');
-            p.extend_from_slice(b"\"}\n\n");
-            p.truncate(len.max(20));
-            Bytes::from(p)
-        })
-        .collect();
-    Shape::new("tokens", payloads)
-}
-
-fn fixed(name: &'static str, size: usize, chunks: usize) -> Shape {
-    let payloads = (0..chunks)
-        .map(|i| Bytes::from(vec![b'a' + (i % 26) as u8; size]))
-        .collect();
-    Shape::new(name, payloads)
-}
-
-/// Decode `wire`, delivered in reads of `read` bytes, counting the data frames.
-fn decode_reads(wire: &[u8], read: usize) -> usize {
-    let mut dec = ChunkedDecoder::new(Limits::default());
-    let mut buf = BytesMut::with_capacity(read.max(8 << 10));
-    let mut frames = 0;
-    for piece in wire.chunks(read) {
-        buf.extend_from_slice(piece);
-        while let Some(frame) = dec.decode(&mut buf).expect("valid body") {
-            if let Frame::Data(d) = frame {
-                black_box(&d);
-                frames += 1;
-            }
-        }
-    }
-    assert!(dec.is_done());
-    frames
-}
-
-/// Decode a body already in the read buffer.
-fn decode_whole(mut buf: BytesMut) -> usize {
-    let mut dec = ChunkedDecoder::new(Limits::default());
-    let mut frames = 0;
-    while let Some(frame) = dec.decode(&mut buf).expect("valid body") {
-        match frame {
-            Frame::Data(d) => {
-                black_box(&d);
-                frames += 1;
-            }
-            Frame::End => break,
-            Frame::Trailers(_) => {}
-        }
-    }
-    frames
-}
+mod shapes;
+use shapes::{all_shapes, decode_reads, decode_whole};
 
 /// An I/O object that returns at most `max` bytes per read, like a socket receiving segments.
 /// Its peer's answer is written before the bench starts, so reads wait until the request has
@@ -220,17 +134,9 @@ fn bench_codec(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let shapes = [
-        token_stream(10_000),
-        fixed("4KiB", 4 << 10, 256),
-        fixed("64KiB", 64 << 10, 16),
-    ];
+    let shapes = all_shapes();
     for shape in &shapes {
-        let small = match shape.name {
-            "tokens" => shape.prefix(500),
-            "4KiB" => shape.prefix(16),
-            _ => shape.prefix(2),
-        };
+        let small = shape.small();
         for (label, read) in READS {
             let input = if read == 1 { &small } else { shape };
             eprintln!(
@@ -248,11 +154,7 @@ fn bench_codec(c: &mut Criterion) {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
     for shape in &shapes {
-        let small = match shape.name {
-            "tokens" => shape.prefix(500),
-            "4KiB" => shape.prefix(16),
-            _ => shape.prefix(2),
-        };
+        let small = shape.small();
         for (label, read) in READS {
             let input = if read == 1 { &small } else { shape };
             let chunks = input.payloads.len();

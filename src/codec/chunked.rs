@@ -20,6 +20,8 @@
 //! whatever the reads look like, and a payload is never scanned at all (only its length is
 //! compared with the buffer). A chunk arriving one byte per read costs O(n), never O(n²). When
 //! a chunk's size is known the decoder reserves room for the rest of it in the read buffer.
+//! The common case, a chunk already wholly buffered whose size line is only hex digits, is
+//! checked and split off the buffer in one step, without the byte-by-byte state machine.
 //!
 //! ```
 //! use bytes::BytesMut;
@@ -481,6 +483,19 @@ impl ChunkedDecoder {
         self.reassembled
     }
 
+    /// True when no byte of the current size line has been consumed yet (each byte the state
+    /// machine consumes moves it past [`Line::FirstDigit`]).
+    #[inline]
+    fn at_line_start(&self) -> bool {
+        matches!(
+            self.state,
+            State::SizeLine {
+                line: Line::FirstDigit,
+                ..
+            }
+        )
+    }
+
     fn err(&self, kind: DecodeErrorKind, index: usize) -> DecodeError {
         DecodeError::new(kind, self.consumed + index as u64)
     }
@@ -659,33 +674,48 @@ impl ChunkedDecoder {
         Ok(true)
     }
 
-    /// The fast path of [`Self::size_line`] for the common case: at the start of a size line,
-    /// the whole line is in `buf` and is nothing but 1 to 16 hex digits and CRLF, within the
-    /// limits. Anything else (extensions, a fault, a partial line) returns `Ok(false)` without
-    /// consuming a byte, and the state machine takes over, so verdicts never differ.
-    #[inline]
-    fn size_line_fast(&mut self, buf: &mut BytesMut) -> Result<bool, DecodeError> {
-        let bytes = &buf[..];
-        let end = bytes.len().min(16);
-        let mut size: u64 = 0;
-        let mut i = 0;
-        while i < end {
-            match hex_value(bytes[i]) {
-                Some(v) => size = (size << 4) | u64::from(v),
-                None => break,
+    /// The common case, done in one step: between chunks, with the whole next chunk in `buf`
+    /// (a size line that is nothing but hex digits and CRLF, see [`plain_size_line`], then the
+    /// payload and its CRLF), within the limits. Consumes the chunk and returns its payload,
+    /// split off the buffer once. Otherwise returns `None` having consumed and changed nothing,
+    /// and the state machine reads the same bytes.
+    #[inline(never)]
+    fn whole_chunk(&mut self, buf: &mut BytesMut) -> Option<Bytes> {
+        let (size, digits) = plain_size_line(buf, &self.limits)?;
+        // `size` ≤ max_chunk_size ≤ isize::MAX - 2 and `digits` ≤ 16: no sum below overflows.
+        let payload_start = digits + 2;
+        let payload_end = payload_start + size as usize;
+        if size == 0 || !matches!(buf.get(payload_end..payload_end + 2), Some(b"\r\n")) {
+            return None;
+        }
+        let body_len = self.body_len.saturating_add(size);
+        if let Some(limit) = self.limits.max_body_size {
+            if body_len > limit {
+                return None;
             }
-            i += 1;
         }
-        if i == 0
-            || bytes.get(i) != Some(&b'\r')
-            || bytes.get(i + 1) != Some(&b'\n')
-            || i > self.limits.max_size_line
-            || size > self.limits.max_chunk_size
-        {
+        // One split for size line, payload and CRLF; then the piece is cut down to the payload.
+        let mut line_and_payload = buf.split_to(payload_end + 2);
+        line_and_payload.truncate(payload_end);
+        let mut data = line_and_payload.freeze();
+        data.advance(payload_start);
+        self.consumed += (payload_end + 2) as u64;
+        self.body_len = body_len;
+        self.chunks += 1;
+        // A chunk that starts and ends within one call was not reassembled.
+        debug_assert!(!self.waited);
+        Some(data)
+    }
+
+    /// The size-line part of [`Self::whole_chunk`], for when the payload is not all buffered
+    /// yet: consumes a plain size line (see [`plain_size_line`]) and moves on to its payload.
+    /// `Ok(false)`, having consumed nothing, for any other line.
+    fn plain_size_line(&mut self, buf: &mut BytesMut) -> Result<bool, DecodeError> {
+        let Some((size, digits)) = plain_size_line(buf, &self.limits) else {
             return Ok(false);
-        }
-        self.advance(buf, i + 2);
-        self.line_done(size, i)?;
+        };
+        self.advance(buf, digits + 2);
+        self.line_done(size, digits)?;
         Ok(true)
     }
 
@@ -797,11 +827,37 @@ impl Decoder for ChunkedDecoder {
     type Item = Frame;
     type Error = DecodeError;
 
+    /// Between chunks, a size line that is nothing but hex digits and CRLF is read without
+    /// the byte state machine, and a chunk that is wholly buffered is yielded at once; every
+    /// other case goes through the state machine ([`ChunkedDecoder::decode_states`]). The
+    /// shortcuts only accept input the state machine accepts, with the same result.
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+        if self.at_line_start() {
+            if let Some(data) = self.whole_chunk(buf) {
+                return Ok(Some(Frame::Data(data)));
+            }
+        }
+        self.decode_states(buf)
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+        match self.decode(buf)? {
+            Some(frame) => Ok(Some(frame)),
+            None if self.is_done() => Ok(None),
+            None => Err(self.err(DecodeErrorKind::UnexpectedEof, buf.len())),
+        }
+    }
+}
+
+impl ChunkedDecoder {
+    /// The driver of the state machine: runs the function of the current state until a frame
+    /// is complete, more bytes are needed, or the input is invalid.
+    #[inline(never)]
+    fn decode_states(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
         loop {
             match self.state {
                 State::SizeLine { .. } => {
-                    if self.state == INITIAL_SIZE_LINE && self.size_line_fast(buf)? {
+                    if self.at_line_start() && self.plain_size_line(buf)? {
                         continue;
                     }
                     if !self.size_line(buf)? {
@@ -872,24 +928,58 @@ impl Decoder for ChunkedDecoder {
             }
         }
     }
+}
 
-    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
-        match self.decode(buf)? {
-            Some(frame) => Ok(Some(frame)),
-            None if self.is_done() => Ok(None),
-            None => Err(self.err(DecodeErrorKind::UnexpectedEof, buf.len())),
-        }
+/// What `HEX_VALUES` holds for a byte that is not a hex digit.
+const NOT_HEX: u8 = 0xff;
+
+/// The value of every byte as a hex digit, or [`NOT_HEX`].
+static HEX_VALUES: [u8; 256] = {
+    let mut table = [NOT_HEX; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
     }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        table[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
+
+/// A size line at the start of `bytes` that is 1 to 16 hex digits then CRLF, within the
+/// size-line and chunk-size limits: its declared size and digit count. `None` for anything
+/// else (extensions, a fault, a partial line, more than 16 digits), which the byte state
+/// machine then reads; it accepts every line this accepts, with the same size.
+#[inline(always)]
+fn plain_size_line(bytes: &[u8], limits: &Limits) -> Option<(u64, usize)> {
+    let mut size: u64 = 0;
+    let mut digits = 0;
+    for &b in &bytes[..bytes.len().min(16)] {
+        let v = HEX_VALUES[usize::from(b)];
+        if v == NOT_HEX {
+            break;
+        }
+        size = (size << 4) | u64::from(v);
+        digits += 1;
+    }
+    if digits == 0
+        || !matches!(bytes.get(digits..digits + 2), Some(b"\r\n"))
+        || digits > limits.max_size_line
+        || size > limits.max_chunk_size
+    {
+        return None;
+    }
+    Some((size, digits))
 }
 
 #[inline]
 fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
+    let v = HEX_VALUES[usize::from(b)];
+    (v != NOT_HEX).then_some(v)
 }
 
 /// `tchar` of RFC 9110 §5.6.2.
