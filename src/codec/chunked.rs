@@ -837,6 +837,11 @@ impl Decoder for ChunkedDecoder {
                 return Ok(Some(Frame::Data(data)));
             }
         }
+        if buf.is_empty() && matches!(self.state, State::SizeLine { .. }) {
+            // Between chunks with nothing buffered (a token stream's every wait): no state
+            // can move without a byte.
+            return Ok(None);
+        }
         self.decode_states(buf)
     }
 
