@@ -1100,12 +1100,12 @@ async fn watch_client_eof<S: AsyncRead + Unpin>(client: Option<&mut ClientRead<S
         if c.buf.len() >= limit {
             return std::future::pending().await;
         }
-        if c.buf.capacity() - c.buf.len() < 256 {
-            c.buf.reserve(1024);
-        }
-        match c.rd.read_buf(&mut c.buf).await {
+        // Read into a small buffer of the watch's own: a quiet client (the usual case) then
+        // needs no heap buffer while its response streams. Bytes it does send are kept.
+        let mut tmp = [0u8; 256];
+        match c.rd.read(&mut tmp).await {
             Ok(0) | Err(_) => return,
-            Ok(_) => {}
+            Ok(n) => c.buf.extend_from_slice(&tmp[..n]),
         }
     }
 }
