@@ -37,7 +37,7 @@ use crate::logging::{ExchangeRecord, Lossy, Outcome};
 use crate::metrics::Direction;
 use crate::proxy::body::{
     make_room, read_before, BodyReader, BodyWriter, Next, OutFraming, Piece, ReadError, ReadIdle,
-    ReadSize, WriteError,
+    ReadSize, WriteError, BATCH,
 };
 use crate::proxy::error::{write_error_response, ExchangeError};
 use crate::proxy::headers::{self, ForwardContext};
@@ -1217,34 +1217,43 @@ async fn pump_request<S: AsyncRead + Unpin>(
         let sleep = tokio::time::sleep(idle);
         tokio::pin!(sleep);
         let mut idle = ReadIdle::new(idle, sleep);
+        let mut carry: Pending = None;
         loop {
-            let next = match reader.next_buffered(&mut client.buf) {
-                Ok(Some(next)) => Ok(next),
-                Ok(None) => {
-                    // Nothing at hand: the head must not wait for the body.
-                    writer
-                        .flush_pending(&mut up_wr)
-                        .await
-                        .map_err(PumpError::Upstream)?;
-                    reader
-                        .next(&mut client.rd, &mut client.buf, &mut idle, &mut read_size)
-                        .await
-                }
-                Err(e) => Err(e),
+            let next = match carry.take() {
+                Some(next) => next,
+                None => match reader.next_buffered(&mut client.buf) {
+                    Ok(Some(next)) => Ok(next),
+                    Ok(None) => {
+                        // Nothing at hand: the head must not wait for the body.
+                        writer
+                            .flush_pending(&mut up_wr)
+                            .await
+                            .map_err(PumpError::Upstream)?;
+                        reader
+                            .next(&mut client.rd, &mut client.buf, &mut idle, &mut read_size)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                },
             };
             match next {
                 Ok(Next::Piece(Piece::Data(d))) => {
-                    // Held for replay before it is written: if the write fails, what was read
-                    // from the client can still be sent to another upstream.
-                    replay.push(&d);
+                    // Chunks that arrived in the same read leave in the same write.
+                    let (batch, n) = gather(d, &mut reader, &mut client.buf, &mut carry);
+                    let batch = &batch[..n];
+                    // Held for replay before they are written: if the write fails, what was
+                    // read from the client can still be sent to another upstream.
+                    for d in batch {
+                        replay.push(d);
+                    }
                     writer
-                        .data(&mut up_wr, &d)
+                        .data_batch(&mut up_wr, batch)
                         .await
                         .map_err(PumpError::Upstream)?;
-                    count_chunk(
+                    count_chunks(
                         metrics,
                         Direction::Request,
-                        d.len(),
+                        batch,
                         &reader,
                         &mut reassembled,
                     );
@@ -1310,20 +1319,57 @@ async fn read_response_head(
     (rd, buf, res)
 }
 
-/// Count one forwarded chunk, and whether it had to be reassembled from several reads.
-fn count_chunk(
+/// Count forwarded chunks, and those that had to be reassembled from several reads.
+fn count_chunks(
     metrics: &crate::metrics::Metrics,
     dir: Direction,
-    len: usize,
+    pieces: &[Bytes],
     reader: &BodyReader,
     seen: &mut u64,
 ) {
-    metrics.chunk_forwarded(dir, len);
+    for d in pieces {
+        metrics.chunk_forwarded(dir, d.len());
+    }
     let now = reader.reassembled();
-    if now != *seen {
-        *seen = now;
+    for _ in *seen..now {
         metrics.chunk_reassembled(dir);
     }
+    *seen = now;
+}
+
+/// What the body reader gave that a pump has not handled yet.
+type Pending = Option<Result<Next, ReadError>>;
+
+/// After the data piece `first`, take the data pieces already whole in `buf`, up to
+/// [`BATCH`] in all, to be written together. The first thing that is not one (trailers, the
+/// end, an error) is left in `carry` for the pump's next turn; nothing is read.
+fn gather(
+    first: Bytes,
+    reader: &mut BodyReader,
+    buf: &mut BytesMut,
+    carry: &mut Pending,
+) -> ([Bytes; BATCH], usize) {
+    let mut batch: [Bytes; BATCH] = Default::default();
+    batch[0] = first;
+    let mut n = 1;
+    while n < BATCH {
+        match reader.next_buffered(buf) {
+            Ok(Some(Next::Piece(Piece::Data(d)))) => {
+                batch[n] = d;
+                n += 1;
+            }
+            Ok(Some(other)) => {
+                *carry = Some(Ok(other));
+                break;
+            }
+            Ok(None) => break,
+            Err(e) => {
+                *carry = Some(Err(e));
+                break;
+            }
+        }
+    }
+    (batch, n)
 }
 
 /// What the response pump hands back.
@@ -1361,17 +1407,21 @@ async fn pump_response<W: AsyncWrite + Unpin>(
         let sleep = tokio::time::sleep(idle);
         tokio::pin!(sleep);
         let mut idle = ReadIdle::new(idle, sleep);
+        let mut carry: Pending = None;
         loop {
-            let next = match reader.next_buffered(&mut buf) {
-                Ok(Some(next)) => Ok(next),
-                Ok(None) => {
-                    // Nothing at hand: the client gets the head now, not with the first chunk.
-                    writer.flush_pending(wr).await.map_err(RespError::Client)?;
-                    reader
-                        .next(&mut rd, &mut buf, &mut idle, &mut read_size)
-                        .await
-                }
-                Err(e) => Err(e),
+            let next = match carry.take() {
+                Some(next) => next,
+                None => match reader.next_buffered(&mut buf) {
+                    Ok(Some(next)) => Ok(next),
+                    Ok(None) => {
+                        // Nothing at hand: the client gets the head now, not with the first chunk.
+                        writer.flush_pending(wr).await.map_err(RespError::Client)?;
+                        reader
+                            .next(&mut rd, &mut buf, &mut idle, &mut read_size)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                },
             };
             match next {
                 Ok(Next::Piece(Piece::Data(d))) => {
@@ -1381,11 +1431,17 @@ async fn pump_response<W: AsyncWrite + Unpin>(
                         Some(prev) => metrics.inter_chunk_gap(now - prev),
                     }
                     last = Some(now);
-                    writer.data(wr, &d).await.map_err(RespError::Client)?;
-                    count_chunk(
+                    // Chunks that arrived in the same read leave in the same write.
+                    let (batch, n) = gather(d, reader, &mut buf, &mut carry);
+                    let batch = &batch[..n];
+                    writer
+                        .data_batch(wr, batch)
+                        .await
+                        .map_err(RespError::Client)?;
+                    count_chunks(
                         metrics,
                         Direction::Response,
-                        d.len(),
+                        batch,
                         reader,
                         &mut reassembled,
                     );
