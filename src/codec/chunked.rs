@@ -829,7 +829,7 @@ impl Decoder for ChunkedDecoder {
 
     /// Between chunks, a size line that is nothing but hex digits and CRLF is read without
     /// the byte state machine, and a chunk that is wholly buffered is yielded at once; every
-    /// other case goes through the state machine ([`ChunkedDecoder::decode_states`]). The
+    /// other case goes through the state machine (`decode_states`). The
     /// shortcuts only accept input the state machine accepts, with the same result.
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
         if self.at_line_start() {

@@ -3,7 +3,8 @@
 //!
 //! Every chunk goes out as one vectored write (size line from a stack buffer, the payload `Bytes`
 //! as received, CRLF) followed by a flush, so a token leaves the moment its chunk is complete
-//! and no payload is copied.
+//! and no payload is copied. Chunks that were complete in the same read share the write (up to
+//! four), each still a chunk of its own.
 
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
