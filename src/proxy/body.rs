@@ -17,6 +17,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::{timeout, Instant, Sleep};
 use tokio_util::codec::Decoder;
 
+use crate::upstream::connect::UpstreamRead;
+
 use crate::codec::chunked::{
     self, ChunkedDecoder, DecodeError, Field, Frame, SizeLine, CRLF, LAST_CHUNK,
 };
@@ -37,6 +39,11 @@ impl ReadSize {
 
     /// Make room in `buf` for the next read; returns the room available.
     fn prepare(&self, buf: &mut BytesMut) -> usize {
+        if buf.capacity() == 0 && self.0 == Self::MIN {
+            if let Some(spare) = spare::take() {
+                *buf = spare;
+            }
+        }
         make_room(buf, self.0 / 2, self.0);
         buf.capacity() - buf.len()
     }
@@ -67,14 +74,117 @@ impl<'a> ReadIdle<'a> {
         ReadIdle { limit, sleep }
     }
 
-    /// Read into `buf`: `Ok(0)` at end of input, `Err(None)` when the limit passed first.
-    async fn read<R: AsyncRead + Unpin>(
+    /// Read into `buf`, with room made as `size` says: `Ok(0)` at end of input, `Err(None)`
+    /// when the limit passed first. A source that can wait for input without a buffer does so
+    /// with an empty `buf` given back to this thread's spares: an idle stream holds no read
+    /// buffer, and takes one only when input is there.
+    async fn read<R: BodySource>(
         &mut self,
         r: &mut R,
         buf: &mut BytesMut,
+        size: &mut ReadSize,
     ) -> Result<usize, Option<io::Error>> {
+        let lend = r.waits_without_buffer();
         let limit = self.limit;
-        read_before(r, buf, &mut self.sleep, || Instant::now() + limit).await
+        let sleep = &mut self.sleep;
+        let mut armed = false;
+        poll_fn(|cx: &mut Context<'_>| {
+            // Twice at most: readiness can be stale once (the read then clears it).
+            for _ in 0..2 {
+                if lend && buf.is_empty() {
+                    match r.poll_input(cx) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(Some(e))),
+                        Poll::Pending => break,
+                    }
+                }
+                let room = size.prepare(buf);
+                match tokio_util::io::poll_read_buf(Pin::new(&mut *r), cx, buf) {
+                    Poll::Ready(Ok(n)) => {
+                        size.learn(n, room);
+                        return Poll::Ready(Ok(n));
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Some(e))),
+                    Poll::Pending if lend && buf.is_empty() => {}
+                    Poll::Pending => break,
+                }
+            }
+            if lend && buf.is_empty() {
+                spare::give(buf);
+            }
+            if !armed {
+                armed = true;
+                sleep.as_mut().reset(Instant::now() + limit);
+            }
+            match sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(None)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
+/// Where a body is read from: an async reader, which may be able to wait for input without
+/// a buffer (a TCP upstream can; a client half, whatever its transport, is treated as not).
+pub(crate) trait BodySource: AsyncRead + Unpin {
+    /// Whether [`BodySource::poll_input`] really waits for input.
+    fn waits_without_buffer(&self) -> bool {
+        false
+    }
+
+    /// Ready once a read may find input, without reading.
+    fn poll_input(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead> BodySource for tokio::io::ReadHalf<S> {}
+
+impl BodySource for UpstreamRead {
+    fn waits_without_buffer(&self) -> bool {
+        UpstreamRead::waits_without_buffer(self)
+    }
+
+    fn poll_input(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
+    }
+}
+
+/// Read buffers of the smallest read size that no stream is using, kept per thread: a stream
+/// waiting for input gives its empty buffer back and takes one when input is there, so idle
+/// streams hold none and busy ones do not allocate per read.
+mod spare {
+    use std::cell::RefCell;
+
+    use bytes::BytesMut;
+
+    use super::ReadSize;
+
+    /// Spares kept per thread; more are freed.
+    const KEEP: usize = 256;
+
+    thread_local! {
+        static SPARES: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(super) fn take() -> Option<BytesMut> {
+        SPARES.with(|s| s.borrow_mut().pop())
+    }
+
+    /// Take `buf` (empty) for the spares, leaving it without an allocation. Kept only when
+    /// nothing else points into it and it has the usual size; freed otherwise.
+    pub(super) fn give(buf: &mut BytesMut) {
+        let mut b = std::mem::take(buf);
+        if !b.try_reclaim(ReadSize::MIN) || b.capacity() > 2 * ReadSize::MIN {
+            return;
+        }
+        SPARES.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < KEEP {
+                s.push(b);
+            }
+        });
     }
 }
 
@@ -421,7 +531,7 @@ impl BodyReader {
 
     /// The next piece of the body, reading from `r` into `buf` as needed. Bytes after the body
     /// stay in `buf`. Cancel safe: a cancelled call loses no bytes (they stay in `buf`).
-    pub(crate) async fn next<R: AsyncRead + Unpin>(
+    pub(crate) async fn next<R: BodySource>(
         &mut self,
         r: &mut R,
         buf: &mut BytesMut,
@@ -433,13 +543,11 @@ impl BodyReader {
                 return Ok(next);
             }
             // Need more bytes.
-            let room = size.prepare(buf);
-            let n = match idle.read(r, buf).await {
+            let n = match idle.read(r, buf, size).await {
                 Err(None) => return Err(ReadError::Idle),
                 Err(Some(e)) => return Err(ReadError::Io(e)),
                 Ok(n) => n,
             };
-            size.learn(n, room);
             if n == 0 {
                 match self {
                     BodyReader::Close { ended } => *ended = true,
@@ -456,5 +564,51 @@ impl BodyReader {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spares_keep_only_free_buffers_of_the_usual_size() {
+        // Run on a fresh thread: the spares are per thread.
+        std::thread::spawn(|| {
+            let mut buf = BytesMut::with_capacity(ReadSize::MIN);
+            buf.extend_from_slice(b"5\r\nhello\r\n");
+            let chunk = buf.split_to(5).freeze();
+            buf.clear();
+            // A chunk still points into it: not kept, and the caller's buffer is let go.
+            spare::give(&mut buf);
+            assert_eq!(buf.capacity(), 0);
+            assert!(spare::take().is_none());
+            drop(chunk);
+
+            let mut buf = BytesMut::with_capacity(ReadSize::MIN);
+            buf.extend_from_slice(b"abc");
+            let _ = buf.split();
+            spare::give(&mut buf);
+            assert_eq!(buf.capacity(), 0);
+            let spare = spare::take().expect("a free buffer is kept");
+            assert!(spare.is_empty());
+            assert!(spare.capacity() >= ReadSize::MIN);
+            assert!(spare::take().is_none());
+
+            // A grown buffer is freed, not kept.
+            let mut big = BytesMut::with_capacity(16 * ReadSize::MIN);
+            spare::give(&mut big);
+            assert!(spare::take().is_none());
+
+            // An empty buffer takes a spare before it allocates.
+            let mut kept = BytesMut::with_capacity(ReadSize::MIN);
+            spare::give(&mut kept);
+            let mut empty = BytesMut::new();
+            let room = ReadSize::new().prepare(&mut empty);
+            assert!(room >= ReadSize::MIN);
+            assert!(spare::take().is_none(), "the spare was used");
+        })
+        .join()
+        .unwrap();
     }
 }

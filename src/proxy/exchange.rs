@@ -44,7 +44,7 @@ use crate::proxy::headers::{self, ForwardContext};
 use crate::proxy::route;
 use crate::proxy::Shared;
 use crate::upstream::balance::Upstream;
-use crate::upstream::connect::UpstreamStream;
+use crate::upstream::connect::{UpstreamRead, UpstreamWrite};
 use crate::upstream::pool::PooledConn;
 use crate::upstream::retry;
 
@@ -474,7 +474,7 @@ where
             // The slot (the pool's count of this connection) travels with the halves and is
             // given back with them, or freed when they are dropped.
             let (stream, read_buf, slot) = conn.into_parts();
-            let (up_rd, mut up_wr) = tokio::io::split(stream);
+            let (up_rd, mut up_wr) = stream.into_split();
             let up_buf = read_buf;
 
             // Head, then what was already read of the body.
@@ -973,10 +973,11 @@ where
             return After::Close;
         }
         if resp_meta.keep_alive && out.buf.is_empty() {
-            let stream = out.rd.unsplit(p.up_wr);
-            upstream
-                .pool
-                .checkin(PooledConn::from_parts(stream, out.buf, slot));
+            if let Some(stream) = out.rd.unsplit(p.up_wr) {
+                upstream
+                    .pool
+                    .checkin(PooledConn::from_parts(stream, out.buf, slot));
+            }
         }
         self.rd = Some(p.client);
         if keep_alive {
@@ -1013,7 +1014,7 @@ struct Committed<S> {
     client_takes_trailers: bool,
     total_deadline: Option<Instant>,
     started: Instant,
-    up_rd: ReadHalf<UpstreamStream>,
+    up_rd: UpstreamRead,
     up_buf: BytesMut,
     pump: Option<PumpFuture<S>>,
     pumped: Option<PumpOut<S>>,
@@ -1180,7 +1181,7 @@ impl Replay {
 pub(crate) struct PumpOut<S> {
     client: ClientRead<S>,
     reader: BodyReader,
-    up_wr: WriteHalf<UpstreamStream>,
+    up_wr: UpstreamWrite,
     writer: BodyWriter,
     replay: Replay,
     result: Result<(), PumpError>,
@@ -1199,7 +1200,7 @@ enum PumpError {
 async fn pump_request<S: AsyncRead + Unpin>(
     mut client: ClientRead<S>,
     mut reader: BodyReader,
-    mut up_wr: WriteHalf<UpstreamStream>,
+    mut up_wr: UpstreamWrite,
     mut writer: BodyWriter,
     mut replay: Replay,
     body_done: bool,
@@ -1285,15 +1286,11 @@ async fn pump_request<S: AsyncRead + Unpin>(
 
 /// Read the upstream's response head, skipping interim 1xx responses.
 async fn read_response_head(
-    mut rd: ReadHalf<UpstreamStream>,
+    mut rd: UpstreamRead,
     mut buf: BytesMut,
     mut parser: ResponseParser,
     limit: Duration,
-) -> (
-    ReadHalf<UpstreamStream>,
-    BytesMut,
-    Result<ResponseHead, ExchangeError>,
-) {
+) -> (UpstreamRead, BytesMut, Result<ResponseHead, ExchangeError>) {
     let res = timeout(limit, async {
         loop {
             match parser.parse(&mut buf) {
@@ -1374,7 +1371,7 @@ fn gather(
 
 /// What the response pump hands back.
 struct RespOut {
-    rd: ReadHalf<UpstreamStream>,
+    rd: UpstreamRead,
     buf: BytesMut,
     result: Result<(), RespError>,
 }
@@ -1389,7 +1386,7 @@ enum RespError {
 /// moment it is complete. On any failure nothing more is written: no terminating chunk.
 #[allow(clippy::too_many_arguments)]
 async fn pump_response<W: AsyncWrite + Unpin>(
-    mut rd: ReadHalf<UpstreamStream>,
+    mut rd: UpstreamRead,
     mut buf: BytesMut,
     wr: &mut W,
     reader: &mut BodyReader,

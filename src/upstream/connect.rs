@@ -152,6 +152,129 @@ impl AsyncWrite for UpstreamStream {
     }
 }
 
+impl UpstreamStream {
+    /// Split into a read half and a write half that can be used at the same time. A TCP
+    /// stream splits without a lock, and its read half can wait for input without a buffer
+    /// ([`UpstreamRead::poll_read_ready`]).
+    pub fn into_split(self) -> (UpstreamRead, UpstreamWrite) {
+        match self {
+            UpstreamStream::Tcp(s) => {
+                let (r, w) = s.into_split();
+                (UpstreamRead::Tcp(r), UpstreamWrite::Tcp(w))
+            }
+            tls @ UpstreamStream::Tls(_) => {
+                let (r, w) = tokio::io::split(tls);
+                (UpstreamRead::Tls(r), UpstreamWrite::Tls(w))
+            }
+        }
+    }
+}
+
+/// The read half of an [`UpstreamStream`] (see [`UpstreamStream::into_split`]).
+#[derive(Debug)]
+pub enum UpstreamRead {
+    /// Of a plain TCP stream.
+    Tcp(tokio::net::tcp::OwnedReadHalf),
+    /// Of a TLS stream.
+    Tls(tokio::io::ReadHalf<UpstreamStream>),
+}
+
+/// The write half of an [`UpstreamStream`]. Dropping a TCP write half shuts the stream's
+/// sending side down.
+#[derive(Debug)]
+pub enum UpstreamWrite {
+    /// Of a plain TCP stream.
+    Tcp(tokio::net::tcp::OwnedWriteHalf),
+    /// Of a TLS stream.
+    Tls(tokio::io::WriteHalf<UpstreamStream>),
+}
+
+impl UpstreamRead {
+    /// Put the stream back together; `None` if the halves are not of the same stream.
+    pub fn unsplit(self, w: UpstreamWrite) -> Option<UpstreamStream> {
+        match (self, w) {
+            (UpstreamRead::Tcp(r), UpstreamWrite::Tcp(w)) => {
+                r.reunite(w).ok().map(UpstreamStream::Tcp)
+            }
+            (UpstreamRead::Tls(r), UpstreamWrite::Tls(w)) if r.is_pair_of(&w) => Some(r.unsplit(w)),
+            _ => None,
+        }
+    }
+
+    /// Ready once a read may find input, without reading. Only a TCP half can tell: a TLS
+    /// half is always ready (its session may hold decrypted bytes), see
+    /// [`UpstreamRead::waits_without_buffer`].
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            UpstreamRead::Tcp(r) => r.as_ref().poll_read_ready(cx),
+            UpstreamRead::Tls(_) => Poll::Ready(Ok(())),
+        }
+    }
+
+    /// Whether [`UpstreamRead::poll_read_ready`] really waits for input.
+    pub fn waits_without_buffer(&self) -> bool {
+        matches!(self, UpstreamRead::Tcp(_))
+    }
+}
+
+impl AsyncRead for UpstreamRead {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamRead::Tcp(r) => Pin::new(r).poll_read(cx, buf),
+            UpstreamRead::Tls(r) => Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamWrite {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamWrite::Tcp(w) => Pin::new(w).poll_write(cx, buf),
+            UpstreamWrite::Tls(w) => Pin::new(w).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamWrite::Tcp(w) => Pin::new(w).poll_write_vectored(cx, bufs),
+            UpstreamWrite::Tls(w) => Pin::new(w).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamWrite::Tcp(w) => w.is_write_vectored(),
+            UpstreamWrite::Tls(w) => w.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamWrite::Tcp(w) => Pin::new(w).poll_flush(cx),
+            UpstreamWrite::Tls(w) => Pin::new(w).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamWrite::Tcp(w) => Pin::new(w).poll_shutdown(cx),
+            UpstreamWrite::Tls(w) => Pin::new(w).poll_shutdown(cx),
+        }
+    }
+}
+
 /// What went wrong while opening an upstream connection.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
