@@ -291,9 +291,9 @@ where
             retries: 0,
             outcome: Outcome::Complete,
         };
-        let step = self
-            .exchange_inner(&head, &request_id, &mut rec, started)
-            .await;
+        // Boxed: the upstream phase's state is the largest part of a connection's, and a
+        // stream that outlives it should not keep its room.
+        let step = Box::pin(self.exchange_inner(&head, &request_id, &mut rec, started)).await;
         let after = match step {
             Step::Done(after) => after,
             Step::Stream(mut c) => {
@@ -1103,7 +1103,7 @@ async fn watch_client_eof<S: AsyncRead + Unpin>(client: Option<&mut ClientRead<S
         }
         // Read into a small buffer of the watch's own: a quiet client (the usual case) then
         // needs no heap buffer while its response streams. Bytes it does send are kept.
-        let mut tmp = [0u8; 256];
+        let mut tmp = [0u8; 64];
         match c.rd.read(&mut tmp).await {
             Ok(0) | Err(_) => return,
             Ok(n) => c.buf.extend_from_slice(&tmp[..n]),
