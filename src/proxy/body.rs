@@ -314,15 +314,20 @@ impl BodyWriter {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let pending = &self.pending;
-        let fut = async {
-            w.write_all(pending).await?;
-            w.flush().await
-        };
-        match timeout(self.write_stall, fut).await {
+        self.data_batch(w, &[]).await
+    }
+
+    /// The outcome of a write bounded by the write-stall timeout; after a success the pending
+    /// head is written, and its buffer is freed (a long stream should not keep it).
+    fn written(
+        &mut self,
+        r: Result<io::Result<()>, tokio::time::error::Elapsed>,
+    ) -> Result<(), WriteError> {
+        match r {
             Ok(Ok(())) => {
-                // Free the head's buffer: a long stream should not keep it.
-                self.pending = BytesMut::new();
+                if !self.pending.is_empty() {
+                    self.pending = BytesMut::new();
+                }
                 Ok(())
             }
             Ok(Err(e)) => Err(WriteError::Io(e)),
@@ -381,21 +386,13 @@ impl BodyWriter {
             write_all_vectored(w, &mut slices[..n]).await?;
             w.flush().await
         };
-        match timeout(self.write_stall, fut).await {
-            Ok(Ok(())) => {
-                if !self.pending.is_empty() {
-                    // Free the head's buffer: a long stream should not keep it.
-                    self.pending = BytesMut::new();
-                }
-                for data in pieces.iter().filter(|d| !d.is_empty()) {
-                    self.bytes += data.len() as u64;
-                    self.chunks += 1;
-                }
-                Ok(())
-            }
-            Ok(Err(e)) => Err(WriteError::Io(e)),
-            Err(_) => Err(WriteError::Stalled),
+        let r = timeout(self.write_stall, fut).await;
+        self.written(r)?;
+        for data in pieces.iter().filter(|d| !d.is_empty()) {
+            self.bytes += data.len() as u64;
+            self.chunks += 1;
         }
+        Ok(())
     }
 
     /// Write the end of the body (behind any pending head): the last chunk with trailers (if
@@ -424,15 +421,8 @@ impl BodyWriter {
             write_all_vectored(w, &mut slices[from..]).await?;
             w.flush().await
         };
-        match timeout(self.write_stall, fut).await {
-            Ok(Ok(())) => {
-                // Free the head's buffer: a long stream should not keep it.
-                self.pending = BytesMut::new();
-                Ok(())
-            }
-            Ok(Err(e)) => Err(WriteError::Io(e)),
-            Err(_) => Err(WriteError::Stalled),
-        }
+        let r = timeout(self.write_stall, fut).await;
+        self.written(r)
     }
 }
 
