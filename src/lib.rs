@@ -13,5 +13,6 @@ pub mod loadgen;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod stream;
 pub mod tls_server;
 pub mod upstream;
