@@ -13,6 +13,8 @@ use bytes::{BufMut, BytesMut};
 use crate::codec::chunked::DecodeError;
 use crate::codec::framing::FramingError;
 use crate::codec::head::HeadError;
+use crate::logging::Outcome;
+use crate::proxy::body::{ReadError, WriteError};
 use crate::upstream::connect::ConnectError;
 
 /// Everything that can end an exchange early.
@@ -56,6 +58,12 @@ pub enum ExchangeError {
     TotalTimeout,
     /// The upstream is at its connection cap and no slot freed in time.
     PoolExhausted,
+    /// The upstream's response body broke after the response started.
+    UpstreamBroke(ReadError),
+    /// Writing the response to the client failed or stalled.
+    ClientWrite(WriteError),
+    /// The drain deadline passed while the exchange was still running.
+    Shutdown,
 }
 
 impl ExchangeError {
@@ -84,7 +92,57 @@ impl ExchangeError {
             UpstreamSwitched => "unexpected_upgrade",
             TotalTimeout => "total_timeout",
             PoolExhausted => "upstream_connection_limit",
+            UpstreamBroke(ReadError::Idle) => "stream_idle_timeout",
+            UpstreamBroke(_) => "upstream_broke",
+            ClientWrite(WriteError::Stalled) => "client_write_stall",
+            ClientWrite(WriteError::Io(_)) => "client_gone",
+            Shutdown => "shutdown",
         }
+    }
+
+    /// A request body that could not be read: bad framing, too slow, or cut.
+    pub fn client_body(e: ReadError) -> ExchangeError {
+        match e {
+            ReadError::Decode(d) => ExchangeError::ClientBody(d),
+            ReadError::Idle => ExchangeError::ClientBodyTimeout,
+            ReadError::Eof | ReadError::Io(_) => ExchangeError::ClientGone,
+        }
+    }
+
+    /// How an exchange that ended with this error is recorded: the one mapping, used by the
+    /// access log and the outcome counter.
+    pub fn outcome(&self) -> Outcome {
+        use ExchangeError::*;
+        match self {
+            ClientHead(_)
+            | ClientFraming(_)
+            | ClientBody(_)
+            | ClientBodyTooLarge { .. }
+            | NoRoute
+            | Unauthorized
+            | BreakerOpen { .. }
+            | PoolExhausted => Outcome::Rejected(self.reason()),
+            ClientGone | ClientWrite(WriteError::Io(_)) => Outcome::ClientGone,
+            ClientHeadTimeout => Outcome::Timeout("client_head"),
+            ClientBodyTimeout => Outcome::Timeout("client_body"),
+            Connect(e) if e.is_timeout() => Outcome::Timeout("connect"),
+            UpstreamHeadTimeout => Outcome::Timeout("response_head"),
+            TotalTimeout => Outcome::Timeout("total"),
+            UpstreamBroke(ReadError::Idle) => Outcome::Timeout("stream_idle"),
+            ClientWrite(WriteError::Stalled) => Outcome::Timeout("client_write_stall"),
+            Connect(_) | UpstreamIo(_) | UpstreamClosed | UpstreamHead(_) | UpstreamFraming(_)
+            | UpstreamSwitched => Outcome::UpstreamError,
+            UpstreamBroke(_) => Outcome::UpstreamBroke,
+            Shutdown => Outcome::Shutdown,
+        }
+    }
+
+    /// Whether the client can still be told: a client that is gone gets no answer.
+    pub fn answerable(&self) -> bool {
+        !matches!(
+            self,
+            ExchangeError::ClientGone | ExchangeError::ClientWrite(_)
+        )
     }
 
     /// The answer for the client: status, OpenAI error `type`, `code`. The one mapping.
@@ -111,6 +169,10 @@ impl ExchangeError {
             UpstreamIo(_) | UpstreamClosed | UpstreamHead(_) | UpstreamFraming(_)
             | UpstreamSwitched => (502, "upstream_error", "bad_gateway"),
             UpstreamHeadTimeout | TotalTimeout => (504, "timeout_error", "gateway_timeout"),
+            // Only before the response started; after, the stream is cut instead.
+            UpstreamBroke(_) => (502, "upstream_error", "bad_gateway"),
+            ClientWrite(_) => (400, "invalid_request_error", "bad_request"),
+            Shutdown => (503, "upstream_error", "shutting_down"),
         }
     }
 }
@@ -164,54 +226,50 @@ impl fmt::Display for ExchangeError {
                 "the upstream is at its connection limit and no connection freed in time; try again later",
             ),
             UpstreamSwitched => f.write_str("the upstream switched protocols without being asked"),
+            UpstreamBroke(e) => write!(f, "the upstream's response body broke: {e}"),
+            ClientWrite(WriteError::Stalled) => {
+                f.write_str("the client stopped reading within the write-stall timeout")
+            }
+            ClientWrite(WriteError::Io(e)) => write!(f, "writing to the client failed: {e}"),
+            Shutdown => f.write_str("chunkgate is shutting down"),
         }
     }
 }
 
 impl std::error::Error for ExchangeError {}
 
-/// Write a whole error response (head and JSON body) to `dst`. The connection is to be
-/// closed after it when `close` is true.
-// The answer's parts are all plain values the caller already has; a builder would only rename them.
-#[allow(clippy::too_many_arguments)]
-pub fn write_error_response(
-    status: u16,
-    kind: &str,
-    code: &str,
-    message: &str,
-    request_id: &[u8],
-    close: bool,
-    extra: &[(&str, &str)],
-    dst: &mut BytesMut,
-) {
-    let body = serde_json::json!({
-        "error": { "message": message, "type": kind, "code": code }
-    })
-    .to_string();
-    dst.reserve(256 + body.len());
-    dst.put_slice(b"HTTP/1.1 ");
-    dst.put_slice(status.to_string().as_bytes());
-    dst.put_u8(b' ');
-    dst.put_slice(reason_phrase(status).as_bytes());
-    dst.put_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
-    dst.put_slice(body.len().to_string().as_bytes());
-    dst.put_slice(b"\r\n");
-    if !request_id.is_empty() {
-        dst.put_slice(b"x-request-id: ");
-        dst.put_slice(request_id);
+impl ExchangeError {
+    /// Write this error's whole answer (head and OpenAI-style JSON body) to `dst`, with
+    /// `Connection: close`: the connection closes after it. `extra` fields follow the
+    /// request id.
+    pub fn write_answer(&self, request_id: &[u8], extra: &[(&str, &str)], dst: &mut BytesMut) {
+        let (status, kind, code) = self.answer();
+        let body = serde_json::json!({
+            "error": { "message": self.to_string(), "type": kind, "code": code }
+        })
+        .to_string();
+        dst.reserve(256 + body.len());
+        dst.put_slice(b"HTTP/1.1 ");
+        dst.put_slice(status.to_string().as_bytes());
+        dst.put_u8(b' ');
+        dst.put_slice(reason_phrase(status).as_bytes());
+        dst.put_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
+        dst.put_slice(body.len().to_string().as_bytes());
         dst.put_slice(b"\r\n");
+        if !request_id.is_empty() {
+            dst.put_slice(b"x-request-id: ");
+            dst.put_slice(request_id);
+            dst.put_slice(b"\r\n");
+        }
+        for (k, v) in extra {
+            dst.put_slice(k.as_bytes());
+            dst.put_slice(b": ");
+            dst.put_slice(v.as_bytes());
+            dst.put_slice(b"\r\n");
+        }
+        dst.put_slice(b"connection: close\r\n\r\n");
+        dst.put_slice(body.as_bytes());
     }
-    for (k, v) in extra {
-        dst.put_slice(k.as_bytes());
-        dst.put_slice(b": ");
-        dst.put_slice(v.as_bytes());
-        dst.put_slice(b"\r\n");
-    }
-    if close {
-        dst.put_slice(b"connection: close\r\n");
-    }
-    dst.put_slice(b"\r\n");
-    dst.put_slice(body.as_bytes());
 }
 
 /// The standard reason phrase of the statuses chunkgate itself sends.
@@ -244,25 +302,24 @@ mod tests {
     #[test]
     fn error_response_is_openai_json() {
         let mut out = BytesMut::new();
-        write_error_response(
-            502,
-            "upstream_error",
-            "bad_gateway",
-            "upstream \"x\" refused",
+        ExchangeError::UpstreamClosed.write_answer(
             b"abc",
-            true,
-            &[],
+            &[("x-chunkgate-retries", "2")],
             &mut out,
         );
         let text = String::from_utf8(out.to_vec()).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 502 Bad Gateway\r\n"));
         assert!(head.contains("connection: close"));
+        assert!(head.contains("x-request-id: abc\r\nx-chunkgate-retries: 2\r\n"));
         assert!(head.contains(&format!("content-length: {}", body.len())));
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(v["error"]["type"], "upstream_error");
         assert_eq!(v["error"]["code"], "bad_gateway");
-        assert_eq!(v["error"]["message"], "upstream \"x\" refused");
+        assert_eq!(
+            v["error"]["message"],
+            ExchangeError::UpstreamClosed.to_string()
+        );
     }
 
     #[test]
@@ -283,5 +340,95 @@ mod tests {
             ExchangeError::ClientBodyTooLarge { limit: 1 }.answer().0,
             413
         );
+    }
+
+    #[test]
+    fn outcomes_follow_the_table() {
+        use crate::codec::head::{HeadLimits, RequestParser};
+        use std::io;
+        let bad_head = RequestParser::new(HeadLimits::default())
+            .parse(&mut BytesMut::from(&b"GET / HTTP/1.1\n\n"[..]))
+            .expect_err("a bare LF is refused");
+        let io_err = || io::Error::from(io::ErrorKind::ConnectionReset);
+        let rows: Vec<(ExchangeError, Outcome)> = vec![
+            (
+                ExchangeError::ClientHead(bad_head),
+                Outcome::Rejected("bad_request_head"),
+            ),
+            (ExchangeError::NoRoute, Outcome::Rejected("no_route")),
+            (
+                ExchangeError::Unauthorized,
+                Outcome::Rejected("unauthorized"),
+            ),
+            (
+                ExchangeError::ClientBodyTooLarge { limit: 1 },
+                Outcome::Rejected("request_body_too_large"),
+            ),
+            (
+                ExchangeError::BreakerOpen { group: "g".into() },
+                Outcome::Rejected("breaker_open"),
+            ),
+            (
+                ExchangeError::PoolExhausted,
+                Outcome::Rejected("upstream_connection_limit"),
+            ),
+            (ExchangeError::ClientGone, Outcome::ClientGone),
+            (
+                ExchangeError::ClientWrite(WriteError::Io(io_err())),
+                Outcome::ClientGone,
+            ),
+            (
+                ExchangeError::ClientWrite(WriteError::Stalled),
+                Outcome::Timeout("client_write_stall"),
+            ),
+            (
+                ExchangeError::ClientHeadTimeout,
+                Outcome::Timeout("client_head"),
+            ),
+            (
+                ExchangeError::ClientBodyTimeout,
+                Outcome::Timeout("client_body"),
+            ),
+            (
+                ExchangeError::UpstreamHeadTimeout,
+                Outcome::Timeout("response_head"),
+            ),
+            (ExchangeError::TotalTimeout, Outcome::Timeout("total")),
+            (ExchangeError::UpstreamIo(io_err()), Outcome::UpstreamError),
+            (ExchangeError::UpstreamClosed, Outcome::UpstreamError),
+            (ExchangeError::UpstreamSwitched, Outcome::UpstreamError),
+            (
+                ExchangeError::UpstreamBroke(ReadError::Eof),
+                Outcome::UpstreamBroke,
+            ),
+            (
+                ExchangeError::UpstreamBroke(ReadError::Idle),
+                Outcome::Timeout("stream_idle"),
+            ),
+            (ExchangeError::Shutdown, Outcome::Shutdown),
+        ];
+        for (err, want) in rows {
+            assert_eq!(err.outcome(), want, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn a_client_that_is_gone_gets_no_answer() {
+        assert!(!ExchangeError::ClientGone.answerable());
+        assert!(!ExchangeError::ClientWrite(WriteError::Stalled).answerable());
+        assert!(ExchangeError::NoRoute.answerable());
+        assert!(ExchangeError::UpstreamClosed.answerable());
+    }
+
+    #[test]
+    fn client_body_errors_say_whose_fault() {
+        assert!(matches!(
+            ExchangeError::client_body(ReadError::Idle),
+            ExchangeError::ClientBodyTimeout
+        ));
+        assert!(matches!(
+            ExchangeError::client_body(ReadError::Eof),
+            ExchangeError::ClientGone
+        ));
     }
 }
