@@ -4,6 +4,8 @@
 #
 #   cargo build --release && benches/instructions.sh [BINARY]
 #
+# KEEP=1 keeps the callgrind files (for callgrind_annotate).
+#
 # The proxy runs under callgrind with `serve --workers 1` at default settings; the counters are
 # zeroed after a warm-up, then the measured load runs: 20 streams x 200 tokens (5 ms apart) for the
 # event figure, 2 s of small POSTs over 10 connections for the request figure. Only 127.0.0.1.
@@ -17,7 +19,7 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$work"
+  if [ -n "${KEEP:-}" ]; then echo "callgrind files kept in $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 

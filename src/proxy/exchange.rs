@@ -545,7 +545,7 @@ impl Watch<'_> {
         tokio::pin!(resp);
         let total = sleep_until_opt(self.total_deadline);
         tokio::pin!(total);
-        let hard_stop = self.hard_stop.cancelled();
+        let hard_stop = crate::proxy::io::cancelled(self.hard_stop);
         tokio::pin!(hard_stop);
         loop {
             tokio::select! {

@@ -122,16 +122,22 @@ impl<R: BodySource, W: AsyncWrite + Unpin, F: Flow> Pump<'_, R, W, F> {
                     // Pieces that arrived in the same read leave in the same write.
                     let (mut batch, n) = gather(d, reader, buf, &mut carry);
                     let sizes: [usize; BATCH] = std::array::from_fn(|i| batch[i].len());
-                    if flow.identity() {
-                        write(dst, writer, flow, &batch[..n]).await?;
+                    let units: &[Bytes] = if flow.identity() {
+                        &batch[..n]
                     } else {
                         staged.clear();
                         for d in &mut batch[..n] {
                             flow.stage(std::mem::take(d), &mut staged);
                         }
-                        for units in staged.chunks(BATCH) {
-                            write(dst, writer, flow, units).await?;
-                        }
+                        &staged
+                    };
+                    for group in units.chunks(BATCH) {
+                        flow.before_write(group);
+                        writer
+                            .data_batch(dst, group)
+                            .await
+                            .map_err(PumpError::Write)?;
+                        flow.written(group);
                     }
                     for &size in &sizes[..n] {
                         metrics.chunk_forwarded(dir, size);
