@@ -33,7 +33,7 @@ use crate::proxy::body::{BodyReader, BodyWriter, OutFraming};
 use crate::proxy::conn::{ClientInfo, ClientRead};
 use crate::proxy::error::ExchangeError;
 use crate::proxy::headers::{self, ForwardContext};
-use crate::proxy::io::make_room;
+use crate::proxy::io::{make_room, MinRate};
 use crate::proxy::pump::{Flow, Pump, PumpError};
 use crate::proxy::replay::Replay;
 use crate::proxy::route::Route;
@@ -55,6 +55,8 @@ pub(crate) struct Upload<S> {
     pub up_wr: Option<UpstreamWrite>,
     /// How the latest pump ended; `None` before the first.
     pub result: Option<Result<(), PumpError>>,
+    /// The slowest the client may send its body.
+    pub min_rate: Option<MinRate>,
 }
 
 impl<S> Upload<S> {
@@ -66,6 +68,7 @@ impl<S> Upload<S> {
             writer: BodyWriter::new(OutFraming::None, true, Duration::ZERO),
             up_wr: None,
             result: None,
+            min_rate: None,
         }
     }
 
@@ -169,6 +172,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     Box::pin(async move {
+        let min_rate = up.min_rate;
         let result = if up.replay.finished() {
             Ok(())
         } else {
@@ -187,6 +191,7 @@ where
                 writer,
                 flow: &mut RequestFlow { replay },
                 idle: shared.config.timeouts.stream_idle,
+                min_rate,
                 metrics: &shared.metrics,
                 dir: Direction::Request,
             }
@@ -289,22 +294,8 @@ where
     if let Some(up) = upload.take() {
         *upload = UploadSlot::Pumping(start_pump(up, up_wr, Arc::clone(ctx.shared)));
     }
-    let (up_rd, up_buf, head) = await_head(ctx, upstream, upload, up_rd, up_buf).await?;
-    let resp_head = match head {
-        Ok(h) => h,
-        Err(err) => {
-            if matches!(err, ExchangeError::UpstreamHeadTimeout) {
-                ctx.shared.metrics.timeout("response_head");
-            }
-            tracing::warn!(request_id = %Lossy(ctx.request_id), upstream = %upstream.name(), error = %err, "upstream failed before the response head");
-            breaker_failure(ctx.shared, upstream);
-            let kind = match err {
-                ExchangeError::UpstreamClosed | ExchangeError::UpstreamIo(_) => stale,
-                _ => FailureKind::Final,
-            };
-            return Err(AttemptFailure::new(err, kind));
-        }
-    };
+    let (up_rd, up_buf, resp_head) =
+        await_head(ctx, upstream, upload, up_rd, up_buf, stale).await?;
     if matches!(resp_head.status, 502..=504) {
         breaker_failure(ctx.shared, upstream);
     } else if resp_head.status < 500 {
@@ -424,48 +415,73 @@ where
 }
 
 /// Read the response head while the request body pump runs and the total deadline nears.
-/// A request body the client breaks ends the attempt as the client's failure.
+///
+/// The response-head timeout runs from when the request body was sent whole: while the
+/// client is still sending, waiting is the client's doing (its body is held to the idle
+/// limit and the minimum data rate), never a failure of the upstream. A request body the
+/// client breaks ends the attempt as the client's failure.
 async fn await_head<S>(
     ctx: &AttemptCtx<'_>,
     upstream: &Upstream,
     upload: &mut UploadSlot<S>,
     up_rd: UpstreamRead,
     up_buf: BytesMut,
-) -> Result<(UpstreamRead, BytesMut, Result<ResponseHead, ExchangeError>), Box<AttemptFailure>> {
+    stale: FailureKind,
+) -> Result<(UpstreamRead, BytesMut, ResponseHead), Box<AttemptFailure>> {
     let cfg = &ctx.shared.config;
-    let head_read = read_response_head(
-        up_rd,
-        up_buf,
-        ResponseParser::new(cfg.limits.head),
-        cfg.timeouts.response_head,
-    );
+    let head_read = read_response_head(up_rd, up_buf, ResponseParser::new(cfg.limits.head));
     tokio::pin!(head_read);
     let total = sleep_until_opt(ctx.total_deadline);
     tokio::pin!(total);
-    loop {
+    let head_timer = tokio::time::sleep(cfg.timeouts.response_head);
+    tokio::pin!(head_timer);
+    let mut body_sent = !upload.is_pumping();
+    let head = loop {
         tokio::select! {
             // The pump first: a body that is already whole is recorded before the head.
             biased;
-            up = upload.pumped(), if upload.is_pumping() => match up.result.take() {
-                Some(Err(PumpError::Read(e))) => {
-                    // The client's body is bad or gone: its fault, not the upstream's.
-                    upstream.breaker.on_abandon(Instant::now());
-                    return Err(AttemptFailure::new(
-                        ExchangeError::client_body(e),
-                        FailureKind::Final,
-                    ));
+            up = upload.pumped(), if !body_sent => {
+                body_sent = true;
+                head_timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + cfg.timeouts.response_head);
+                match up.result.take() {
+                    Some(Err(PumpError::Read(e))) => {
+                        // The client's body is bad or gone: its fault, not the upstream's.
+                        upstream.breaker.on_abandon(Instant::now());
+                        return Err(AttemptFailure::new(
+                            ExchangeError::client_body(e),
+                            FailureKind::Final,
+                        ));
+                    }
+                    Some(Err(PumpError::Write(e))) => {
+                        tracing::debug!(request_id = %Lossy(ctx.request_id), error = ?e, "writing the request body upstream failed; waiting for its answer");
+                        up.result = Some(Err(PumpError::Write(e)));
+                    }
+                    other => up.result = other,
                 }
-                Some(Err(PumpError::Write(e))) => {
-                    tracing::debug!(request_id = %Lossy(ctx.request_id), error = ?e, "writing the request body upstream failed; waiting for its answer");
-                    up.result = Some(Err(PumpError::Write(e)));
-                }
-                other => up.result = other,
-            },
-            h = &mut head_read => return Ok(h),
+            }
+            h = &mut head_read => break h,
+            _ = &mut head_timer, if body_sent => break Err(ExchangeError::UpstreamHeadTimeout),
             _ = &mut total => {
                 upstream.breaker.on_abandon(Instant::now());
                 return Err(AttemptFailure::new(ExchangeError::TotalTimeout, FailureKind::Final));
             }
+        }
+    };
+    match head {
+        Ok(parts) => Ok(parts),
+        Err(err) => {
+            if matches!(err, ExchangeError::UpstreamHeadTimeout) {
+                ctx.shared.metrics.timeout("response_head");
+            }
+            tracing::warn!(request_id = %Lossy(ctx.request_id), upstream = %upstream.name(), error = %err, "upstream failed before the response head");
+            breaker_failure(ctx.shared, upstream);
+            let kind = match err {
+                ExchangeError::UpstreamClosed | ExchangeError::UpstreamIo(_) => stale,
+                _ => FailureKind::Final,
+            };
+            Err(AttemptFailure::new(err, kind))
         }
     }
 }
@@ -522,31 +538,25 @@ async fn read_response_head(
     mut rd: UpstreamRead,
     mut buf: BytesMut,
     mut parser: ResponseParser,
-    limit: Duration,
-) -> (UpstreamRead, BytesMut, Result<ResponseHead, ExchangeError>) {
-    let res = timeout(limit, async {
-        loop {
-            match parser.parse(&mut buf) {
-                Ok(Some(h)) if h.status == 101 => return Err(ExchangeError::UpstreamSwitched),
-                Ok(Some(h)) if (100..200).contains(&h.status) => {
-                    parser.reset();
-                    continue;
-                }
-                Ok(Some(h)) => return Ok(h),
-                Ok(None) => {}
-                Err(e) => return Err(ExchangeError::UpstreamHead(e)),
+) -> Result<(UpstreamRead, BytesMut, ResponseHead), ExchangeError> {
+    loop {
+        match parser.parse(&mut buf) {
+            Ok(Some(h)) if h.status == 101 => return Err(ExchangeError::UpstreamSwitched),
+            Ok(Some(h)) if (100..200).contains(&h.status) => {
+                parser.reset();
+                continue;
             }
-            make_room(&mut buf, 512, crate::upstream::pool::READ_BUF_CAPACITY);
-            match rd.read_buf(&mut buf).await {
-                Ok(0) => return Err(ExchangeError::UpstreamClosed),
-                Ok(_) => {}
-                Err(e) => return Err(ExchangeError::UpstreamIo(e)),
-            }
+            Ok(Some(h)) => return Ok((rd, buf, h)),
+            Ok(None) => {}
+            Err(e) => return Err(ExchangeError::UpstreamHead(e)),
         }
-    })
-    .await
-    .unwrap_or(Err(ExchangeError::UpstreamHeadTimeout));
-    (rd, buf, res)
+        make_room(&mut buf, 512, crate::upstream::pool::READ_BUF_CAPACITY);
+        match rd.read_buf(&mut buf).await {
+            Ok(0) => return Err(ExchangeError::UpstreamClosed),
+            Ok(_) => {}
+            Err(e) => return Err(ExchangeError::UpstreamIo(e)),
+        }
+    }
 }
 
 /// Sleep until `deadline`, or forever without one.

@@ -158,6 +158,15 @@ where
         }
     }
 
+    /// Tell a client that waits (`Expect: 100-continue`) to send its body.
+    pub(crate) async fn continue_100(&mut self) {
+        let _ = timeout(self.shared.config.timeouts.client_write_stall, async {
+            self.wr.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+            self.wr.flush().await
+        })
+        .await;
+    }
+
     /// Write an error answer with `Connection: close` (the connection then closes), bounded by
     /// the write-stall timeout.
     pub(crate) async fn answer(

@@ -137,6 +137,26 @@ impl ExchangeError {
         }
     }
 
+    /// The message the client reads. Faults of the client's own request say what was wrong;
+    /// faults on the upstream side say only what kind of failure it was, never an address,
+    /// a group name or the upstream's bytes (those go to the log, under the same request id).
+    pub fn client_message(&self) -> std::borrow::Cow<'static, str> {
+        use ExchangeError::*;
+        match self {
+            BreakerOpen { .. } => {
+                "every upstream for this route is failing; try again later".into()
+            }
+            Connect(e) if e.is_timeout() => "connecting to the upstream timed out".into(),
+            Connect(_) => "the upstream could not be reached".into(),
+            UpstreamIo(_) | UpstreamClosed => "the upstream failed before answering".into(),
+            UpstreamHead(_) | UpstreamFraming(_) | UpstreamSwitched => {
+                "the upstream sent an invalid response".into()
+            }
+            UpstreamBroke(_) => "the upstream's response broke off".into(),
+            _ => self.to_string().into(),
+        }
+    }
+
     /// Whether the client can still be told: a client that is gone gets no answer.
     pub fn answerable(&self) -> bool {
         !matches!(
@@ -244,8 +264,14 @@ impl ExchangeError {
     /// request id.
     pub fn write_answer(&self, request_id: &[u8], extra: &[(&str, &str)], dst: &mut BytesMut) {
         let (status, kind, code) = self.answer();
+        let mut message = self.client_message().into_owned();
+        if !request_id.is_empty() {
+            message.push_str(" (request id ");
+            message.push_str(&String::from_utf8_lossy(request_id));
+            message.push(')');
+        }
         let body = serde_json::json!({
-            "error": { "message": self.to_string(), "type": kind, "code": code }
+            "error": { "message": message, "type": kind, "code": code }
         })
         .to_string();
         dst.reserve(256 + body.len());
@@ -318,7 +344,7 @@ mod tests {
         assert_eq!(v["error"]["code"], "bad_gateway");
         assert_eq!(
             v["error"]["message"],
-            ExchangeError::UpstreamClosed.to_string()
+            "the upstream failed before answering (request id abc)"
         );
     }
 

@@ -33,6 +33,7 @@ use crate::proxy::body::{BodyReader, BodyWriter, OutFraming};
 use crate::proxy::conn::{watch_eof, ClientConn, ClientRead};
 use crate::proxy::error::ExchangeError;
 use crate::proxy::headers;
+use crate::proxy::io::{MinRate, ReadIdle, ReadSize};
 use crate::proxy::pump::{Flow, Pump, PumpError};
 use crate::proxy::replay::Replay;
 use crate::proxy::route::{self, Route};
@@ -128,7 +129,26 @@ where
         upload: &mut UploadSlot<S>,
     ) -> Result<bool, ExchangeError> {
         let shared = Arc::clone(&self.shared);
-        let admitted = admit(&shared, &head, &mut self.rec, upload)?;
+        let mut admitted = admit(&shared, &head, &mut self.rec, upload)?;
+        if let BodyFraming::Length(n) = admitted.meta.framing {
+            // A small Content-Length body has no chunk boundaries to keep: read it whole
+            // before any upstream connection is taken, so a slow client holds none.
+            if n <= BUFFER_REQUEST_BODY {
+                if admitted.meta.expect_continue {
+                    admitted.meta.expect_continue = false;
+                    self.conn.continue_100().await;
+                }
+                if let Some(u) = upload.idle() {
+                    prefill(
+                        &mut u.client,
+                        n,
+                        shared.config.timeouts.stream_idle,
+                        u.min_rate,
+                    )
+                    .await?;
+                }
+            }
+        }
         let total_deadline = shared.config.timeouts.total.map(|t| self.started + t);
         // Boxed: the upstream phase's state is the largest part of a connection's, and a
         // stream that outlives it should not keep its room.
@@ -294,6 +314,10 @@ where
         // otherwise stay pinned for the whole stream.
         drop(resp_head);
         self.committed = true;
+        // An upstream that answered before the request body was all written may not have
+        // read the rest: its connection is never reused (the rest would be read as the next
+        // request on it).
+        let answered_early = upload.is_pumping();
         shared.metrics.stream_started();
         // Committed: the body held for a retry is no longer needed.
         if let Some(u) = upload.idle() {
@@ -323,6 +347,7 @@ where
                 writer: &mut writer,
                 flow: &mut flow,
                 idle: cfg.timeouts.stream_idle,
+                min_rate: None,
                 metrics: &shared.metrics,
                 dir: Direction::Response,
             }
@@ -355,7 +380,7 @@ where
         let Some(u) = upload.idle().filter(|u| u.done()) else {
             return Ok(false);
         };
-        if resp_meta.keep_alive && up_buf.is_empty() {
+        if resp_meta.keep_alive && up_buf.is_empty() && !answered_early {
             if let Some(stream) = u.up_wr.take().and_then(|w| up_rd.unsplit(w)) {
                 upstream
                     .pool
@@ -497,6 +522,11 @@ fn admit<'r, S>(
     if let Some(u) = upload.idle() {
         u.reader = reader;
         u.replay = Replay::new(cfg.retry.max_replay_body);
+        u.min_rate = Some(MinRate {
+            start: tokio::time::Instant::now(),
+            grace: CLIENT_BODY_GRACE,
+            bytes_per_sec: CLIENT_BODY_MIN_RATE,
+        });
     }
     let client_takes_trailers = head.get_all("te").any(|v| {
         v.split(|&b| b == b',')
@@ -507,6 +537,39 @@ fn admit<'r, S>(
         route,
         client_takes_trailers,
     })
+}
+
+/// Largest Content-Length request body read whole before an upstream connection is taken.
+const BUFFER_REQUEST_BODY: u64 = 256 * 1024;
+/// The slowest a client may send its request body on average, after the grace period.
+const CLIENT_BODY_MIN_RATE: u64 = 240;
+const CLIENT_BODY_GRACE: Duration = Duration::from_secs(5);
+
+/// Read until `client.buf` holds `n` bytes (a whole Content-Length body), held to the idle
+/// limit between reads and to `rate`.
+async fn prefill<S: AsyncRead>(
+    client: &mut ClientRead<S>,
+    n: u64,
+    idle: Duration,
+    rate: Option<MinRate>,
+) -> Result<(), ExchangeError> {
+    let n = usize::try_from(n).unwrap_or(usize::MAX);
+    if client.buf.len() >= n {
+        return Ok(());
+    }
+    client.buf.reserve(n - client.buf.len());
+    let sleep = tokio::time::sleep(idle);
+    tokio::pin!(sleep);
+    let mut timer = ReadIdle::new(idle, sleep).with_rate(rate);
+    let mut size = ReadSize::new();
+    while client.buf.len() < n {
+        match timer.read(&mut client.rd, &mut client.buf, &mut size).await {
+            Ok(0) | Err(Some(_)) => return Err(ExchangeError::ClientGone),
+            Ok(_) => {}
+            Err(None) => return Err(ExchangeError::ClientBodyTimeout),
+        }
+    }
+    Ok(())
 }
 
 /// Choose the next upstream and take its breaker: upstreams whose breaker refuses are

@@ -54,16 +54,53 @@ impl ReadSize {
 /// armed only when a read has to wait and moved forward on each such read. Moving a deadline
 /// later only updates the timer's entry, so a long stream of small reads costs no timer-wheel
 /// insertion and removal per read, and a read that completes at once costs no timer at all.
+///
+/// With a [`MinRate`], a read also fails once the bytes read so far fall below the rate.
 pub(crate) struct ReadIdle<'a> {
     limit: Duration,
     sleep: Pin<&'a mut Sleep>,
+    rate: Option<MinRate>,
+    /// Bytes read through this timer.
+    total: u64,
+}
+
+/// A minimum data rate for a body a client sends: after `grace` from `start`, the bytes
+/// received must keep up with `bytes_per_sec` on average, or the next read fails as idle.
+/// (Kestrel's default, 240 B/s after 5 s, is the model: a slow body is the client's fault
+/// and must not hold an upstream connection.)
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MinRate {
+    pub start: Instant,
+    pub grace: Duration,
+    pub bytes_per_sec: u64,
+}
+
+impl MinRate {
+    /// The latest time the next byte may arrive after `received` bytes.
+    pub(crate) fn next_byte_by(&self, received: u64) -> Instant {
+        let rate = self.bytes_per_sec.max(1);
+        let allowed = Duration::from_secs(received / rate)
+            + Duration::from_nanos((received % rate) * 1_000_000_000 / rate);
+        self.start + self.grace + allowed
+    }
 }
 
 impl<'a> ReadIdle<'a> {
     /// Reads that wait longer than `limit` for a byte fail with [`ReadError::Idle`]. `sleep`
     /// is any pinned timer; its deadline is set before use.
     pub(crate) fn new(limit: Duration, sleep: Pin<&'a mut Sleep>) -> ReadIdle<'a> {
-        ReadIdle { limit, sleep }
+        ReadIdle {
+            limit,
+            sleep,
+            rate: None,
+            total: 0,
+        }
+    }
+
+    /// Also hold the reads to a minimum data rate (`None`: none).
+    pub(crate) fn with_rate(mut self, rate: Option<MinRate>) -> Self {
+        self.rate = rate;
+        self
     }
 
     /// Read into `buf`, with room made as `size` says: `Ok(0)` at end of input, `Err(None)`
@@ -77,7 +114,8 @@ impl<'a> ReadIdle<'a> {
         size: &mut ReadSize,
     ) -> Result<usize, Option<io::Error>> {
         let lend = r.waits_without_buffer();
-        let limit = self.limit;
+        let (limit, rate) = (self.limit, self.rate);
+        let total = &mut self.total;
         let sleep = &mut self.sleep;
         let mut armed = false;
         poll_fn(|cx: &mut Context<'_>| {
@@ -94,6 +132,7 @@ impl<'a> ReadIdle<'a> {
                 match tokio_util::io::poll_read_buf(Pin::new(&mut *r), cx, buf) {
                     Poll::Ready(Ok(n)) => {
                         size.learn(n, room);
+                        *total += n as u64;
                         return Poll::Ready(Ok(n));
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(Some(e))),
@@ -106,7 +145,12 @@ impl<'a> ReadIdle<'a> {
             }
             if !armed {
                 armed = true;
-                sleep.as_mut().reset(Instant::now() + limit);
+                let idle = Instant::now() + limit;
+                let at = match &rate {
+                    Some(rate) => idle.min(rate.next_byte_by(*total)),
+                    None => idle,
+                };
+                sleep.as_mut().reset(at);
             }
             match sleep.as_mut().poll(cx) {
                 Poll::Ready(()) => Poll::Ready(Err(None)),

@@ -24,7 +24,7 @@ use tokio::io::AsyncWrite;
 use crate::codec::chunked::Field;
 use crate::metrics::{Direction, Metrics};
 use crate::proxy::body::{BodyReader, BodyWriter, Next, Piece, ReadError, WriteError, BATCH};
-use crate::proxy::io::{BodySource, ReadIdle, ReadSize};
+use crate::proxy::io::{BodySource, MinRate, ReadIdle, ReadSize};
 
 /// What a pump does with a body besides moving it: the direction's stage and hooks.
 pub(crate) trait Flow {
@@ -72,6 +72,8 @@ pub(crate) struct Pump<'a, R, W, F> {
     pub flow: &'a mut F,
     /// The longest wait for a read of `src`.
     pub idle: Duration,
+    /// The slowest `src` may send, on average (request bodies).
+    pub min_rate: Option<MinRate>,
     pub metrics: &'a Metrics,
     pub dir: Direction,
 }
@@ -92,6 +94,7 @@ impl<R: BodySource, W: AsyncWrite + Unpin, F: Flow> Pump<'_, R, W, F> {
             writer,
             flow,
             idle,
+            min_rate,
             metrics,
             dir,
         } = self;
@@ -100,7 +103,7 @@ impl<R: BodySource, W: AsyncWrite + Unpin, F: Flow> Pump<'_, R, W, F> {
         let mut read_size = ReadSize::new();
         let sleep = tokio::time::sleep(idle);
         tokio::pin!(sleep);
-        let mut idle = ReadIdle::new(idle, sleep);
+        let mut idle = ReadIdle::new(idle, sleep).with_rate(min_rate);
         let mut carry: Pending = None;
         // Units a non-identity stage emitted; allocated on its first use.
         let mut staged: Vec<Bytes> = Vec::new();
