@@ -91,6 +91,7 @@ fn parse_limits(spec: &str) -> Limits {
         limits = match key {
             "max_chunk_size" => limits.max_chunk_size(n),
             "max_size_line" => limits.max_size_line(small),
+            "max_size_digits" => limits.max_size_digits(small),
             "max_extension_bytes" => limits.max_extension_bytes(n),
             "max_trailer_bytes" => limits.max_trailer_bytes(small),
             "max_trailer_fields" => limits.max_trailer_fields(small),

@@ -294,7 +294,7 @@ fn reference_decode(data: &[u8], limits: Limits) -> Option<Reference> {
             return None;
         }
         let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-        if digits == 0 {
+        if digits == 0 || digits > limits.size_digits_limit() {
             return None;
         }
         let size = hex_to_u64(&line[..digits])?;
