@@ -507,7 +507,10 @@ impl Scanner {
             if !self.start_done && role == Role::Request {
                 // The request line is visible ASCII and SP only: refuse other bytes (a TLS
                 // handshake on the plain port, binary noise) at once instead of at the cap.
-                if let Some(p) = buf[self.scanned..stop]
+                // Only bytes within the cap are looked at, so the first fault in byte order
+                // wins however the line was split into reads (a byte past the cap is 414).
+                let within = stop.min(limits.max_request_line).max(self.scanned);
+                if let Some(p) = buf[self.scanned..within]
                     .iter()
                     .position(|&b| !(0x20..0x7f).contains(&b))
                 {
@@ -1714,6 +1717,32 @@ mod tests {
         );
         let e = parse(format!("GET /{}", "a".repeat(60)).as_bytes()).unwrap_err();
         assert_eq!(e.status(), 414);
+        // A bad byte past the cap: 414 however the line arrives (found by the request_head
+        // fuzz target: whole it was InvalidRequestLine, a byte per read RequestLineTooLong).
+        let late = format!("GET /{}\x03 HTTP/1.1\r\nHost: h\r\n\r\n", "a".repeat(50));
+        for at in 0..=late.len() {
+            let mut parser = RequestParser::new(limits);
+            let mut buf = BytesMut::from(&late.as_bytes()[..at]);
+            let e = match parser.parse(&mut buf) {
+                Err(e) => e,
+                Ok(_) => {
+                    buf.extend_from_slice(&late.as_bytes()[at..]);
+                    parser.parse(&mut buf).unwrap_err()
+                }
+            };
+            assert_eq!(
+                (e.kind(), e.offset()),
+                (HeadErrorKind::RequestLineTooLong { limit: 40 }, 40),
+                "split at {at}"
+            );
+        }
+        // A bad byte within the cap is reported as such.
+        let early = format!("GET /{}\x03{} HTTP/1.1\r\n", "a".repeat(10), "a".repeat(50));
+        let e = parse(early.as_bytes()).unwrap_err();
+        assert_eq!(
+            (e.kind(), e.offset()),
+            (HeadErrorKind::InvalidRequestLine { found: 3 }, 15)
+        );
         // Field count.
         let three = b"GET / HTTP/1.1\r\nHost: h\r\nA: 1\r\nB: 2\r\n\r\n";
         assert!(parse(three).unwrap().is_some());
