@@ -286,7 +286,7 @@ impl NormalTarget {
 }
 
 /// Check that `prefix` can stand in front of rewritten paths: empty, or a normal path (what
-/// [`normalize_target`] returns unchanged) without `;`, `?` or `*`. For validating route and
+/// [`normalize_target`] returns unchanged) without `;` or `?`. For validating route and
 /// upstream path prefixes when the configuration is loaded.
 pub fn check_prefix(prefix: &[u8]) -> Result<(), PathError> {
     let invalid = || Err(PathError::new(PathErrorKind::InvalidRewritePrefix, 0));
@@ -410,7 +410,10 @@ struct Segment {
 impl Segment {
     /// Check a finished segment starting at `at`; `last` if the path ends with it.
     fn check(&self, at: usize, last: bool) -> Result<(), PathError> {
-        if self.name_len == 0 && !(last && !self.params) {
+        // Only the last segment may be empty (the root `/`, a trailing `/`), and only without
+        // parameters.
+        let empty_allowed = last && !self.params;
+        if self.name_len == 0 && !empty_allowed {
             return Err(PathError::new(PathErrorKind::EmptySegment, at));
         }
         if self.name_len <= 2 && self.name_dots == self.name_len && self.name_len > 0 {
