@@ -27,6 +27,7 @@ use tokio::time::timeout;
 
 use crate::codec::framing::{self, RequestMeta, ResponseMeta};
 use crate::codec::head::{RequestHead, ResponseHead, ResponseParser};
+use crate::codec::path::NormalTarget;
 use crate::logging::Lossy;
 use crate::metrics::Direction;
 use crate::proxy::body::{BodyReader, BodyWriter, OutFraming};
@@ -146,6 +147,10 @@ impl<S> UploadSlot<S> {
 /// the write fails, what was read from the client can still go to another upstream).
 struct RequestFlow<'a> {
     replay: &'a mut Replay,
+    /// The route's injected fields and whether it checked `Authorization`: what the client's
+    /// trailers may not carry.
+    inject: &'a [(String, String)],
+    drop_authorization: bool,
 }
 
 impl Flow for RequestFlow<'_> {
@@ -155,9 +160,10 @@ impl Flow for RequestFlow<'_> {
         }
     }
 
-    fn before_end(&mut self, trailers: &[crate::codec::chunked::Field]) {
+    fn before_end(&mut self, trailers: &mut Vec<crate::codec::chunked::Field>) {
+        headers::filter_request_trailers(trailers, self.inject, self.drop_authorization);
         // The body was read whole, whatever becomes of the write of its end.
-        self.replay.finish(trailers.to_vec());
+        self.replay.finish(trailers.clone());
     }
 }
 
@@ -167,6 +173,7 @@ fn start_pump<S>(
     mut up: Box<Upload<S>>,
     mut up_wr: UpstreamWrite,
     shared: Arc<Shared>,
+    route: usize,
 ) -> PumpFuture<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -189,7 +196,11 @@ where
                 dst: &mut up_wr,
                 reader,
                 writer,
-                flow: &mut RequestFlow { replay },
+                flow: &mut RequestFlow {
+                    replay,
+                    inject: &shared.routes[route].inject,
+                    drop_authorization: !shared.routes[route].require_bearer.is_empty(),
+                },
                 idle: shared.config.timeouts.stream_idle,
                 min_rate,
                 metrics: &shared.metrics,
@@ -209,6 +220,8 @@ pub(crate) struct AttemptCtx<'a> {
     pub shared: &'a Arc<Shared>,
     pub head: &'a RequestHead,
     pub meta: &'a RequestMeta,
+    /// The normalised target the route matched.
+    pub target: &'a NormalTarget,
     pub route: &'a Route,
     pub request_id: &'a Bytes,
     pub client: &'a ClientInfo,
@@ -219,7 +232,6 @@ pub(crate) struct AttemptCtx<'a> {
 /// Buffers and flags reused by the attempts of one exchange.
 #[derive(Default)]
 pub(crate) struct AttemptScratch {
-    target: BytesMut,
     head: BytesMut,
     sent_continue: bool,
 }
@@ -274,6 +286,10 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let _outstanding = upstream.begin();
+    let target = ctx
+        .route
+        .upstream_target(&upstream.cfg.url.path_prefix, ctx.target)
+        .map_err(|e| AttemptFailure::new(ExchangeError::ClientPath(e), FailureKind::Final))?;
     let conn = checkout(ctx, upstream).await?;
     // A connection that fails before any response: a reused one was being closed by the
     // upstream as the request went out (never processed); a fresh one may have been.
@@ -286,13 +302,22 @@ where
     // back with them, or freed when they are dropped.
     let (stream, up_buf, slot) = conn.into_parts();
     let (up_rd, mut up_wr) = stream.into_split();
-    if let Err(e) = send_head(ctx, upstream, upload, &mut up_wr, client_wr, scratch).await {
+    if let Err(e) = send_head(
+        ctx, upstream, &target, upload, &mut up_wr, client_wr, scratch,
+    )
+    .await
+    {
         breaker_failure(ctx.shared, upstream);
         return Err(AttemptFailure::new(ExchangeError::UpstreamIo(e), stale));
     }
     // The rest of the request body goes up while the response head is awaited.
     if let Some(up) = upload.take() {
-        *upload = UploadSlot::Pumping(start_pump(up, up_wr, Arc::clone(ctx.shared)));
+        *upload = UploadSlot::Pumping(start_pump(
+            up,
+            up_wr,
+            Arc::clone(ctx.shared),
+            ctx.route.index,
+        ));
     }
     let (up_rd, up_buf, resp_head) =
         await_head(ctx, upstream, upload, up_rd, up_buf, stale).await?;
@@ -365,6 +390,7 @@ async fn checkout(
 async fn send_head<S>(
     ctx: &AttemptCtx<'_>,
     upstream: &Upstream,
+    target: &NormalTarget,
     upload: &mut UploadSlot<S>,
     up_wr: &mut UpstreamWrite,
     client_wr: &mut tokio::io::WriteHalf<S>,
@@ -374,16 +400,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let route = ctx.route;
-    route.rewrite(
-        &upstream.cfg.url.path_prefix,
-        &ctx.head.target,
-        &mut scratch.target,
-    );
     let fwd = ForwardContext {
         client_ip: &ctx.client.peer_ip,
         proto: ctx.client.proto,
         upstream_authority: upstream.authority(),
-        path: &scratch.target,
+        path: target.as_bytes(),
         request_id: ctx.request_id,
         inject: &route.inject,
         drop_authorization: !route.require_bearer.is_empty(),

@@ -40,6 +40,10 @@ const CLIENT_BUF: usize = 2048;
 pub(crate) struct ClientRead<S> {
     pub rd: ReadHalf<S>,
     pub buf: BytesMut,
+    /// The client shut down its sending side before its response started (curl and some
+    /// SDKs do this after the request): it is still reading. Its response goes on, and the
+    /// connection closes after it.
+    pub half_closed: bool,
 }
 
 /// Who the client is, as the forwarded head tells the upstream.
@@ -48,6 +52,31 @@ pub(crate) struct ClientInfo {
     pub peer_ip: String,
     /// `http` or `https`, for `X-Forwarded-Proto`.
     pub proto: &'static str,
+    /// The address the client connected to: this proxy's own authority.
+    pub local: SocketAddr,
+}
+
+impl ClientInfo {
+    /// Whether `authority` (`host[:port]` of an absolute-form target) names this proxy: the
+    /// address the client connected to, or `localhost`, on its port (a missing port is the
+    /// scheme's default).
+    pub(crate) fn is_own_authority(&self, authority: &[u8]) -> bool {
+        let Ok(authority) = std::str::from_utf8(authority) else {
+            return false;
+        };
+        let default_port = if self.proto == "https" { 443 } else { 80 };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !p.contains(']') => match p.parse::<u16>() {
+                Ok(p) => (h, p),
+                Err(_) => return false,
+            },
+            _ => (authority, default_port),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let host_is_us = host.eq_ignore_ascii_case("localhost")
+            || host.parse::<std::net::IpAddr>().ok() == Some(self.local.ip());
+        host_is_us && port == self.local.port()
+    }
 }
 
 /// A client connection: the write half, who the client is, and the proxy's shared state.
@@ -71,8 +100,13 @@ enum State<S> {
 }
 
 /// Serve one client connection until it closes, fails, or the proxy drains.
-pub(crate) async fn serve<S>(shared: Arc<Shared>, stream: S, peer: SocketAddr, proto: &'static str)
-where
+pub(crate) async fn serve<S>(
+    shared: Arc<Shared>,
+    stream: S,
+    peer: SocketAddr,
+    local: SocketAddr,
+    proto: &'static str,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (rd, wr) = tokio::io::split(stream);
@@ -81,6 +115,7 @@ where
         info: ClientInfo {
             peer_ip: peer.ip().to_string(),
             proto,
+            local,
         },
         shared,
         counters: Counters::default(),
@@ -89,6 +124,7 @@ where
     let client = ClientRead {
         rd,
         buf: BytesMut::with_capacity(CLIENT_BUF),
+        half_closed: false,
     };
     conn.run(client).await;
     conn.shared.metrics.connection_closed();
@@ -270,20 +306,44 @@ impl Counters {
     }
 }
 
-/// Resolve when the client closes its side (EOF or error). Bytes it sends meanwhile (a
-/// pipelined request) are kept in its buffer, up to `limit`; past that, stop reading.
-pub(crate) async fn watch_eof<S: AsyncRead>(client: &mut ClientRead<S>, limit: usize) {
+/// How the client's side ended while its response streams.
+pub(crate) enum ClientEnd {
+    /// It shut down its sending side (EOF).
+    Eof,
+    /// The connection failed (reset).
+    Gone,
+}
+
+/// Resolve when the client ends its side. Bytes it sends meanwhile (a pipelined request) are
+/// kept in its buffer, up to `limit`; past that, stop reading. Never resolves once the
+/// client half-closed.
+pub(crate) async fn watch_eof<S: AsyncRead>(client: &mut ClientRead<S>, limit: usize) -> ClientEnd {
     use tokio::io::AsyncReadExt;
     loop {
-        if client.buf.len() >= limit {
+        if client.buf.len() >= limit || client.half_closed {
             return std::future::pending().await;
         }
         // Read into a small buffer of the watch's own: a quiet client (the usual case) then
         // needs no heap buffer while its response streams. Bytes it does send are kept.
         let mut tmp = [0u8; 64];
         match client.rd.read(&mut tmp).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) => return ClientEnd::Eof,
+            Err(_) => return ClientEnd::Gone,
             Ok(n) => client.buf.extend_from_slice(&tmp[..n]),
         }
     }
+}
+
+/// Note whether the client has already shut down its sending side (an EOF waiting now),
+/// without waiting for anything.
+pub(crate) async fn note_early_eof<S: AsyncRead>(client: &mut ClientRead<S>, limit: usize) {
+    if client.half_closed {
+        return;
+    }
+    let eof = tokio::select! {
+        biased;
+        end = watch_eof(client, limit) => matches!(end, ClientEnd::Eof),
+        _ = std::future::ready(()) => false,
+    };
+    client.half_closed = eof;
 }

@@ -13,6 +13,7 @@ use bytes::{BufMut, BytesMut};
 use crate::codec::chunked::DecodeError;
 use crate::codec::framing::FramingError;
 use crate::codec::head::HeadError;
+use crate::codec::path::PathError;
 use crate::logging::Outcome;
 use crate::proxy::body::{ReadError, WriteError};
 use crate::upstream::connect::ConnectError;
@@ -34,6 +35,12 @@ pub enum ExchangeError {
     ClientHeadTimeout,
     /// No request bytes for the stream-idle timeout while reading the body.
     ClientBodyTimeout,
+    /// The target's path is refused by the path policy (`codec::path`), or a route's
+    /// rewrite would leave its prefix.
+    ClientPath(PathError),
+    /// An absolute-form target for an authority that is not this proxy's (a request meant
+    /// for a forward proxy).
+    ForeignAuthority,
     /// No route matches the path.
     NoRoute,
     /// The route requires a bearer token and none or a wrong one was given.
@@ -79,6 +86,9 @@ impl ExchangeError {
             ClientGone => "client_gone",
             ClientHeadTimeout => "client_head_timeout",
             ClientBodyTimeout => "client_body_timeout",
+            ClientPath(e) if e.status() >= 500 => "rewrite_outside_prefix",
+            ClientPath(_) => "bad_request_path",
+            ForeignAuthority => "foreign_authority",
             NoRoute => "no_route",
             Unauthorized => "unauthorized",
             BreakerOpen { .. } => "breaker_open",
@@ -118,6 +128,8 @@ impl ExchangeError {
             | ClientFraming(_)
             | ClientBody(_)
             | ClientBodyTooLarge { .. }
+            | ClientPath(_)
+            | ForeignAuthority
             | NoRoute
             | Unauthorized
             | BreakerOpen { .. }
@@ -180,6 +192,9 @@ impl ExchangeError {
             ClientHeadTimeout | ClientBodyTimeout => {
                 (408, "invalid_request_error", "request_timeout")
             }
+            ClientPath(e) if e.status() >= 500 => (500, "server_error", "internal_error"),
+            ClientPath(_) => (400, "invalid_request_error", "bad_request"),
+            ForeignAuthority => (400, "invalid_request_error", "misdirected_request"),
             NoRoute => (404, "invalid_request_error", "not_found"),
             Unauthorized => (401, "authentication_error", "unauthorized"),
             BreakerOpen { .. } => (503, "upstream_error", "upstream_unavailable"),
@@ -227,6 +242,10 @@ impl fmt::Display for ExchangeError {
                 f.write_str("the request head did not arrive within the head-read timeout")
             }
             ClientBodyTimeout => f.write_str("the client sent no request body bytes within the idle timeout"),
+            ClientPath(e) => write!(f, "bad request path: {e}"),
+            ForeignAuthority => f.write_str(
+                "an absolute-form target for another host: this is a reverse proxy, not a forward proxy",
+            ),
             NoRoute => f.write_str("no route matches this path"),
             Unauthorized => f.write_str("missing or invalid bearer token"),
             BreakerOpen { group } => write!(

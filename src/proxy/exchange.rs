@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::codec::chunked::ChunkedDecoder;
 use crate::codec::framing::{self, BodyFraming, RequestMeta};
 use crate::codec::head::{RequestHead, Version};
+use crate::codec::path::{normalize_target, NormalTarget, PathOptions};
 use crate::logging::{ExchangeRecord, Lossy, Outcome};
 use crate::metrics::{Direction, Metrics};
 use crate::proxy::attempt::{
@@ -30,7 +31,9 @@ use crate::proxy::attempt::{
     UploadSlot,
 };
 use crate::proxy::body::{BodyReader, BodyWriter, OutFraming};
-use crate::proxy::conn::{watch_eof, ClientConn, ClientRead};
+use crate::proxy::conn::{
+    note_early_eof, watch_eof, ClientConn, ClientEnd, ClientInfo, ClientRead,
+};
 use crate::proxy::error::ExchangeError;
 use crate::proxy::headers;
 use crate::proxy::io::{MinRate, ReadIdle, ReadSize};
@@ -67,6 +70,8 @@ struct Exchange<'c, S> {
 /// An admitted request: how its body is delimited and where it goes.
 struct Admitted<'r> {
     meta: RequestMeta,
+    /// The target after the path policy: what routes matched and what goes upstream.
+    target: NormalTarget,
     route: &'r Route,
     client_takes_trailers: bool,
 }
@@ -129,7 +134,7 @@ where
         upload: &mut UploadSlot<S>,
     ) -> Result<bool, ExchangeError> {
         let shared = Arc::clone(&self.shared);
-        let mut admitted = admit(&shared, &head, &mut self.rec, upload)?;
+        let mut admitted = admit(&shared, &head, &self.conn.info, &mut self.rec, upload)?;
         if let BodyFraming::Length(n) = admitted.meta.framing {
             // A small Content-Length body has no chunk boundaries to keep: read it whole
             // before any upstream connection is taken, so a slow client holds none.
@@ -205,6 +210,7 @@ where
             shared: &shared,
             head,
             meta: &admitted.meta,
+            target: &admitted.target,
             route: admitted.route,
             request_id: &self.request_id,
             client: &self.conn.info,
@@ -319,9 +325,12 @@ where
         // request on it).
         let answered_early = upload.is_pumping();
         shared.metrics.stream_started();
-        // Committed: the body held for a retry is no longer needed.
+        // Committed: the body held for a retry is no longer needed. A client that shut down
+        // its sending side before its response started (an EOF already waiting) half-closed
+        // on purpose and is still reading: its answer goes on. An EOF later means it left.
         if let Some(u) = upload.idle() {
             u.replay.release();
+            note_early_eof(&mut u.client, cfg.limits.head.max_head_bytes).await;
         }
         // The writer, reader and flow live outside the pump so their counts survive a
         // cancelled pump (client gone, total timeout) for the record.
@@ -441,7 +450,7 @@ where
                 self.rec.bytes_in = u.writer.bytes;
                 self.rec.chunks_in = u.writer.chunks;
                 self.rec.reassembled += u.reader.reassembled();
-                if keep_alive && u.done() {
+                if keep_alive && u.done() && !u.client.half_closed {
                     After::KeepAlive(u.client)
                 } else {
                     After::Close
@@ -495,12 +504,22 @@ struct ClientSide {
 fn admit<'r, S>(
     shared: &'r Shared,
     head: &RequestHead,
+    client: &ClientInfo,
     rec: &mut ExchangeRecord,
     upload: &mut UploadSlot<S>,
 ) -> Result<Admitted<'r>, ExchangeError> {
     let cfg = &shared.config;
     let meta = framing::request_meta(head).map_err(ExchangeError::ClientFraming)?;
-    let route = route::select(&shared.routes, &head.target).ok_or(ExchangeError::NoRoute)?;
+    if let Some(authority) = &head.target_authority {
+        if !client.is_own_authority(authority) {
+            return Err(ExchangeError::ForeignAuthority);
+        }
+    }
+    // Parameters (`;`) are refused: no route allows them.
+    let target = normalize_target(&head.target, PathOptions::default())
+        .map_err(ExchangeError::ClientPath)?;
+    let route =
+        route::select(&shared.routes, &target.match_path()).ok_or(ExchangeError::NoRoute)?;
     rec.route = Arc::clone(&route.name);
     if !route.authorized(head.get("authorization").map(|v| &v[..])) {
         return Err(ExchangeError::Unauthorized);
@@ -534,6 +553,7 @@ fn admit<'r, S>(
     });
     Ok(Admitted {
         meta,
+        target,
         route,
         client_takes_trailers,
     })
@@ -660,10 +680,10 @@ async fn client_event<S: AsyncRead + Send + 'static>(
         return ClientEvent::BodyDone;
     }
     match upload.idle() {
-        Some(u) => {
-            watch_eof(&mut u.client, watch_limit).await;
-            ClientEvent::Closed
-        }
+        Some(u) => match watch_eof(&mut u.client, watch_limit).await {
+            // An EOF once the response streams: the client left.
+            ClientEnd::Eof | ClientEnd::Gone => ClientEvent::Closed,
+        },
         None => std::future::pending().await,
     }
 }

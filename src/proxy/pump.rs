@@ -47,8 +47,9 @@ pub(crate) trait Flow {
     /// `units` were written and flushed.
     fn written(&mut self, _units: &[Bytes]) {}
 
-    /// The body was read whole (with `trailers`); its end is about to be written.
-    fn before_end(&mut self, _trailers: &[Field]) {}
+    /// The body was read whole (with `trailers`, which the flow may filter); its end is
+    /// about to be written.
+    fn before_end(&mut self, _trailers: &mut Vec<Field>) {}
 }
 
 /// Why a pump stopped short.
@@ -160,7 +161,7 @@ impl<R: BodySource, W: AsyncWrite + Unpin, F: Flow> Pump<'_, R, W, F> {
                             write(dst, writer, flow, units).await?;
                         }
                     }
-                    flow.before_end(&trailers);
+                    flow.before_end(&mut trailers);
                     writer.end(dst, &trailers).await.map_err(PumpError::Write)?;
                     return Ok(());
                 }

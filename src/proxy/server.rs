@@ -46,6 +46,14 @@ impl Proxy {
     pub async fn bind_with_metrics(config: Config, metrics: Arc<Metrics>) -> io::Result<Proxy> {
         let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
         let mut groups = Vec::new();
+        for u in config.groups.iter().flat_map(|g| &g.upstreams) {
+            crate::codec::path::check_prefix(u.url.path_prefix.as_bytes()).map_err(|e| {
+                invalid(format!(
+                    "upstream {}: path prefix {:?} is not a normal path: {e}",
+                    u.url, u.url.path_prefix
+                ))
+            })?;
+        }
         for g in &config.groups {
             groups.push(Arc::new(
                 Group::new(g, &config.timeouts, &config.pool, &config.breaker).map_err(invalid)?,
@@ -63,7 +71,7 @@ impl Proxy {
                         r.prefix, r.group
                     ))
                 })?;
-            routes.push(Route::new(r, idx));
+            routes.push(Route::new(r, routes.len(), idx).map_err(invalid)?);
         }
         let mut listeners = Vec::new();
         for l in &config.listeners {
@@ -232,11 +240,14 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
         let shared = Arc::clone(&shared);
         match &l.tls {
             None => {
                 tracker.spawn(async move {
-                    conn::serve(shared, stream, peer, "http").await;
+                    conn::serve(shared, stream, peer, local, "http").await;
                     drop(permit);
                 });
             }
@@ -246,7 +257,7 @@ async fn accept_loop(
                     let hs = shared.config.timeouts.client_head;
                     match tokio::time::timeout(hs, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
-                            conn::serve(shared, tls, peer, "https").await;
+                            conn::serve(shared, tls, peer, local, "https").await;
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "client tls handshake failed")
