@@ -6,6 +6,7 @@ pub mod chunked;
 pub mod framing;
 pub mod head;
 pub mod oracle;
+pub mod sse;
 
 /// A byte shown in an error message: printable ASCII quoted, CR/LF/HTAB escaped, the rest hex.
 pub(crate) struct ByteDisplay(pub(crate) u8);
