@@ -11,6 +11,8 @@
 //! Stages are sans-IO: no sockets, clocks or tasks. They are driven by the one body pump in
 //! `proxy::pump`.
 
+pub mod align;
+
 use bytes::Bytes;
 
 use crate::codec::chunked::Field;
