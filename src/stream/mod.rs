@@ -12,6 +12,8 @@
 //! `proxy::pump`.
 
 pub mod align;
+pub mod dialect;
+pub mod tap;
 
 use bytes::Bytes;
 
