@@ -389,7 +389,9 @@ pub struct Event<'a> {
 }
 
 /// Read the fields of one event (its bytes up to and including its blank line; lines after a
-/// blank line are not read). Unknown field names are ignored.
+/// blank line are not read). Blank lines before the first line are skipped: a unit can start
+/// with the LF of a CRLF whose CR ended the previous event in an earlier input. Unknown field
+/// names are ignored.
 ///
 /// Slices borrow `event`, except `data` when there are several `data` fields: they are joined
 /// into `scratch` (cleared first), which the caller keeps to reuse its allocation.
@@ -397,9 +399,18 @@ pub fn parse_event<'a>(event: &'a [u8], scratch: &'a mut Vec<u8>) -> Event<'a> {
     let mut out = Event::default();
     let mut first_data: Option<&'a [u8]> = None;
     let mut joined = false;
+    let mut started = false;
     for line in lines(event) {
-        match parse_line(line) {
-            Line::Blank => break,
+        let line = parse_line(line);
+        if line == Line::Blank {
+            if started {
+                break;
+            }
+            continue;
+        }
+        started = true;
+        match line {
+            Line::Blank => {}
             Line::Comment(_) => out.comments += 1,
             Line::Field { name, value } => match name {
                 b"data" => {
@@ -619,6 +630,9 @@ mod tests {
         assert!(scratch.is_empty(), "one data line is borrowed, not copied");
         let e = parse_event(b": ping\n\n", &mut scratch);
         assert_eq!(e.data, None);
+        // The LF of a CRLF split from its CR, leading the next event, is not its end.
+        let e = parse_event(b"\ndata: next\r\n\r\n", &mut scratch);
+        assert_eq!(e.data, Some(&b"next"[..]));
         assert_eq!(parse_digits(b"18446744073709551616"), None);
         assert_eq!(parse_digits(b"18446744073709551615"), Some(u64::MAX));
     }
