@@ -83,6 +83,11 @@ pub struct Aligner {
     max_event: usize,
     /// The start of an event that has not ended, from earlier inputs (at most `max_event`).
     held: BytesMut,
+    /// Always empty: the buffer `held` swaps with each time a held event is emitted. The event
+    /// just emitted still shares `held`'s allocation while the rest of its input is scanned;
+    /// holding the next event's start in the other buffer lets each allocation be reused once
+    /// the writer has dropped what was emitted from it, instead of allocating anew.
+    spare: BytesMut,
     /// The event under way outgrew `max_event`: its bytes pass straight through until it ends.
     overflowing: bool,
     counts: AlignCounts,
@@ -100,6 +105,7 @@ impl Aligner {
             framer: Framer::new(format),
             max_event: Self::DEFAULT_MAX_EVENT,
             held: BytesMut::new(),
+            spare: BytesMut::new(),
             overflowing: false,
             counts: AlignCounts::default(),
             scratch: Vec::new(),
@@ -142,6 +148,13 @@ impl Aligner {
         self.held.len()
     }
 
+    /// Emit everything held, and hold the next event in the other buffer.
+    fn take_held(&mut self) -> Bytes {
+        let held = self.held.split().freeze();
+        std::mem::swap(&mut self.held, &mut self.spare);
+        held
+    }
+
     /// One whole event (or line) was cut off; count it and look for glued JSON.
     fn count_event(&mut self, event: &[u8]) {
         self.counts.events += 1;
@@ -178,7 +191,7 @@ impl Stage for Aligner {
             } else {
                 self.held.extend_from_slice(&piece);
                 self.counts.realigned += 1;
-                self.held.split().freeze()
+                self.take_held()
             };
             if !boundary.empty {
                 self.count_event(&event);
@@ -203,7 +216,8 @@ impl Stage for Aligner {
             self.counts.oversized += 1;
             self.overflowing = true;
             if !self.held.is_empty() {
-                out.push(self.held.split().freeze());
+                let held = self.take_held();
+                out.push(held);
             }
             out.push(input);
             return;
@@ -213,7 +227,8 @@ impl Stage for Aligner {
 
     fn end(&mut self, _trailers: &[Field], out: &mut Vec<Bytes>) {
         if !self.held.is_empty() {
-            out.push(self.held.split().freeze());
+            let held = self.take_held();
+            out.push(held);
             self.counts.partial_at_end += 1;
         } else if self.overflowing {
             self.counts.partial_at_end += 1;
@@ -256,10 +271,7 @@ fn holds_several_json_values(data: &[u8]) -> bool {
         return false;
     }
     let mut values = serde_json::Deserializer::from_slice(data).into_iter::<IgnoredAny>();
-    matches!(
-        (values.next(), values.next()),
-        (Some(Ok(_)), Some(Ok(_)))
-    )
+    matches!((values.next(), values.next()), (Some(Ok(_)), Some(Ok(_))))
 }
 
 #[cfg(test)]
@@ -350,16 +362,16 @@ mod tests {
         let mut a = sse();
         let out = run(
             &mut a,
-            &[b"data: 1\r\n\r", b"\ndata: 2\r\n\r", b"\n", b"data: 3\r\n\r\n"],
+            &[
+                b"data: 1\r\n\r",
+                b"\ndata: 2\r\n\r",
+                b"\n",
+                b"data: 3\r\n\r\n",
+            ],
         );
         assert_eq!(
             strs(&out),
-            [
-                "data: 1\r\n\r",
-                "\ndata: 2\r\n\r",
-                "\n",
-                "data: 3\r\n\r\n"
-            ]
+            ["data: 1\r\n\r", "\ndata: 2\r\n\r", "\n", "data: 3\r\n\r\n"]
         );
         assert_eq!(a.counts().events, 3);
         assert_eq!(a.counts().partial_at_end, 0);
@@ -390,7 +402,13 @@ mod tests {
         let mut a = sse().max_event(10);
         let out = run(
             &mut a,
-            &[b"data: 1234", b"5678", b"90\n", b"\ndata: 1\n\n", b"data: x"],
+            &[
+                b"data: 1234",
+                b"5678",
+                b"90\n",
+                b"\ndata: 1\n\n",
+                b"data: x",
+            ],
         );
         assert_eq!(
             strs(&out),
@@ -461,7 +479,11 @@ mod tests {
         assert_eq!(a.format(), StreamFormat::JsonLines);
         let out = run(
             &mut a,
-            &[b"{\"a\":1}\n{\"b\"", b":2}\r\n", b"{\"c\":3}\n{\"d\":4}\n{\"e\""],
+            &[
+                b"{\"a\":1}\n{\"b\"",
+                b":2}\r\n",
+                b"{\"c\":3}\n{\"d\":4}\n{\"e\"",
+            ],
         );
         assert_eq!(
             strs(&out),
@@ -507,7 +529,11 @@ mod tests {
                     e.push_str(end);
                 }
                 // A CR ending the last line and an LF would be one CRLF, not a blank line.
-                e.push_str(if e.ends_with('\r') && blank == "\n" { "\r" } else { blank });
+                e.push_str(if e.ends_with('\r') && blank == "\n" {
+                    "\r"
+                } else {
+                    blank
+                });
                 e.into_bytes()
             })
     }
