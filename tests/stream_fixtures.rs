@@ -304,7 +304,13 @@ fn align_fixture_every_split_gives_its_events() {
                 .iter()
                 .any(|&p| f.body[p - 1] == b'\r' && f.body[p] == b'\n');
             if split_crlf {
-                assert_eq!(rejoin_split_crlf(&out), units, "{} at {:?}", f.name, &points[..1]);
+                assert_eq!(
+                    rejoin_split_crlf(&out),
+                    units,
+                    "{} at {:?}",
+                    f.name,
+                    &points[..1]
+                );
             } else {
                 assert_eq!(out, units, "{} cut at {:?}", f.name, &points[..1]);
             }

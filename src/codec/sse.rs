@@ -503,7 +503,10 @@ mod tests {
             ("data: a\r\r", vec![("data: a\r\r", false)]),
             ("data: a\r\n\r", vec![("data: a\r\n\r", false)]),
             ("data: a\n\r\n", vec![("data: a\n\r\n", false)]),
-            ("data: a\n\r\r\n", vec![("data: a\n\r", false), ("\r\n", true)]),
+            (
+                "data: a\n\r\r\n",
+                vec![("data: a\n\r", false), ("\r\n", true)],
+            ),
             (
                 ": c\nevent: e\nid: 1\nretry: 5\ndata: a\n\ndata: b\n\n",
                 vec![

@@ -82,14 +82,18 @@ impl Dialect {
             (
                 _,
                 Some(
-                    "message_start" | "message_delta" | "message_stop" | "content_block_start"
-                    | "content_block_delta" | "content_block_stop" | "ping" | "message",
+                    "message_start"
+                    | "message_delta"
+                    | "message_stop"
+                    | "content_block_start"
+                    | "content_block_delta"
+                    | "content_block_stop"
+                    | "ping"
+                    | "message",
                 ),
             ) => Some(Dialect::AnthropicMessages),
             _ if probe.done.is_some() && probe.message.is_some() => Some(Dialect::OllamaChat),
-            _ if probe.done.is_some() && probe.response.is_some() => {
-                Some(Dialect::OllamaGenerate)
-            }
+            _ if probe.done.is_some() && probe.response.is_some() => Some(Dialect::OllamaGenerate),
             _ if probe.choices.is_some() => Some(Dialect::OpenAiChat),
             _ => None,
         }
@@ -559,7 +563,11 @@ fn responses_document(body: &[u8], rec: &mut Record, at: Instant) -> Read {
             return Read::Invalid;
         };
         for item in items.iter().filter(|i| i.kind == Some("message")) {
-            for part in item.content.iter().filter(|p| p.kind == Some("output_text")) {
+            for part in item
+                .content
+                .iter()
+                .filter(|p| p.kind == Some("output_text"))
+            {
                 rec.text(part.text, at);
             }
         }
@@ -817,10 +825,7 @@ fn unescape(s: &str) -> (char, usize) {
                 if let Some(low) = s[5..].strip_prefix("\\u").and_then(hex4) {
                     if (0xDC00..0xE000).contains(&low) {
                         let c = 0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00);
-                        return (
-                            char::from_u32(c).unwrap_or(char::REPLACEMENT_CHARACTER),
-                            11,
-                        );
+                        return (char::from_u32(c).unwrap_or(char::REPLACEMENT_CHARACTER), 11);
                     }
                 }
             }
@@ -884,7 +889,10 @@ mod tests {
         use Dialect::*;
         for (path, want) in [
             (&b"/v1/chat/completions"[..], Some(OpenAiChat)),
-            (b"/openai/deployments/x/chat/completions?api-version=1", Some(OpenAiChat)),
+            (
+                b"/openai/deployments/x/chat/completions?api-version=1",
+                Some(OpenAiChat),
+            ),
             (b"/v1/completions", Some(OpenAiCompletions)),
             (b"/v1/responses/", Some(OpenAiResponses)),
             (b"/anthropic/v1/messages", Some(AnthropicMessages)),
@@ -902,20 +910,43 @@ mod tests {
     fn dialect_sniff_by_shape() {
         use Dialect::*;
         for (payload, want) in [
-            (&br#"{"object":"chat.completion.chunk","choices":[]}"#[..], Some(OpenAiChat)),
+            (
+                &br#"{"object":"chat.completion.chunk","choices":[]}"#[..],
+                Some(OpenAiChat),
+            ),
             (br#"{"object":"chat.completion"}"#, Some(OpenAiChat)),
             (br#"{"object":"text_completion"}"#, Some(OpenAiCompletions)),
-            (br#"{"type":"response.created","response":{}}"#, Some(OpenAiResponses)),
-            (br#"{"object":"response","status":"completed"}"#, Some(OpenAiResponses)),
-            (br#"{"type":"message_start","message":{}}"#, Some(AnthropicMessages)),
+            (
+                br#"{"type":"response.created","response":{}}"#,
+                Some(OpenAiResponses),
+            ),
+            (
+                br#"{"object":"response","status":"completed"}"#,
+                Some(OpenAiResponses),
+            ),
+            (
+                br#"{"type":"message_start","message":{}}"#,
+                Some(AnthropicMessages),
+            ),
             (br#"{"type": "ping"}"#, Some(AnthropicMessages)),
-            (br#"{"model":"m","message":{"content":""},"done":false}"#, Some(OllamaChat)),
-            (br#"{"model":"m","response":"x","done":false}"#, Some(OllamaGenerate)),
+            (
+                br#"{"model":"m","message":{"content":""},"done":false}"#,
+                Some(OllamaChat),
+            ),
+            (
+                br#"{"model":"m","response":"x","done":false}"#,
+                Some(OllamaGenerate),
+            ),
             (br#"{"error":{"message":"x"}}"#, None),
             (b"[DONE]", None),
             (b"{", None),
         ] {
-            assert_eq!(Dialect::sniff(payload), want, "{}", String::from_utf8_lossy(payload));
+            assert_eq!(
+                Dialect::sniff(payload),
+                want,
+                "{}",
+                String::from_utf8_lossy(payload)
+            );
         }
     }
 
@@ -986,7 +1017,10 @@ mod tests {
             br#"{"error":{"message":"boom","type":"server_error","param":null,"code":null}}"#,
         ];
         for c in chunks {
-            assert_eq!(read_event(Dialect::OpenAiChat, None, c, &mut rec, at), Read::Understood);
+            assert_eq!(
+                read_event(Dialect::OpenAiChat, None, c, &mut rec, at),
+                Read::Understood
+            );
         }
         assert_eq!(rec.model, "gpt-4o");
         assert_eq!(rec.text, "Hi");
@@ -1014,8 +1048,17 @@ mod tests {
     fn read_error_shapes() {
         let at = Instant::now();
         let mut rec = Record::new(16);
-        read_event(Dialect::OllamaChat, None, br#"{"error":"model \"x\" not found"}"#, &mut rec, at);
-        assert_eq!(rec.error.as_ref().unwrap().message.as_deref(), Some("model \"x\" not found"));
+        read_event(
+            Dialect::OllamaChat,
+            None,
+            br#"{"error":"model \"x\" not found"}"#,
+            &mut rec,
+            at,
+        );
+        assert_eq!(
+            rec.error.as_ref().unwrap().message.as_deref(),
+            Some("model \"x\" not found")
+        );
         let mut rec = Record::new(16);
         read_event(
             Dialect::OpenAiResponses,
@@ -1026,7 +1069,10 @@ mod tests {
         );
         assert_eq!(
             rec.error,
-            Some(StreamError { kind: Some("ERR_X".into()), message: Some("bad".into()) })
+            Some(StreamError {
+                kind: Some("ERR_X".into()),
+                message: Some("bad".into())
+            })
         );
         let mut rec = Record::new(16);
         read_event(
@@ -1036,12 +1082,18 @@ mod tests {
             &mut rec,
             at,
         );
-        assert_eq!(rec.error.as_ref().unwrap().kind.as_deref(), Some("overloaded_error"));
+        assert_eq!(
+            rec.error.as_ref().unwrap().kind.as_deref(),
+            Some("overloaded_error")
+        );
         let mut rec = Record::new(16);
         read_unknown(br#"{"error":{"code":429,"message":"slow down"}}"#, &mut rec);
         assert_eq!(
             rec.error,
-            Some(StreamError { kind: Some("429".into()), message: Some("slow down".into()) })
+            Some(StreamError {
+                kind: Some("429".into()),
+                message: Some("slow down".into())
+            })
         );
     }
 }

@@ -599,12 +599,105 @@ mod tests {
         );
     }
 
+    /// An answer of `dialect` carrying `deltas`, as its upstream would stream it.
+    fn stream_of(dialect: Dialect, deltas: &[String], crlf: bool) -> Vec<u8> {
+        let nl = if crlf { "\r\n" } else { "\n" };
+        let mut out = String::new();
+        let mut event = |name: Option<&str>, data: serde_json::Value| {
+            if let Some(name) = name {
+                out.push_str(&format!("event: {name}{nl}"));
+            }
+            out.push_str(&format!("data: {data}{nl}{nl}"));
+        };
+        match dialect {
+            Dialect::AnthropicMessages => {
+                event(
+                    Some("message_start"),
+                    serde_json::json!({"type": "message_start", "message": {"model": "m", "usage": {"input_tokens": 3, "output_tokens": 1}}}),
+                );
+                event(Some("ping"), serde_json::json!({"type": "ping"}));
+                for d in deltas {
+                    event(
+                        Some("content_block_delta"),
+                        serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": d}}),
+                    );
+                }
+                event(
+                    Some("message_delta"),
+                    serde_json::json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 9}}),
+                );
+                event(
+                    Some("message_stop"),
+                    serde_json::json!({"type": "message_stop"}),
+                );
+            }
+            _ => {
+                for d in deltas {
+                    event(
+                        None,
+                        serde_json::json!({"model": "m", "choices": [{"index": 0, "delta": {"content": d}, "finish_reason": null}]}),
+                    );
+                }
+                event(
+                    None,
+                    serde_json::json!({"model": "m", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 9, "total_tokens": 12}}),
+                );
+                out.push_str(&format!("data: [DONE]{nl}{nl}"));
+            }
+        }
+        out.into_bytes()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn tap_any_split_same_summary(
+            deltas in proptest::collection::vec("(?s).{0,12}", 0..12),
+            cuts in proptest::collection::vec(proptest::prelude::any::<proptest::sample::Index>(), 0..12),
+            anthropic in proptest::prelude::any::<bool>(),
+            crlf in proptest::prelude::any::<bool>(),
+        ) {
+            let (dialect, path) = if anthropic {
+                (Dialect::AnthropicMessages, &b"/v1/messages"[..])
+            } else {
+                (Dialect::OpenAiChat, &b"/v1/chat/completions"[..])
+            };
+            let wire = stream_of(dialect, &deltas, crlf);
+            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(wire.len() + 1)).collect();
+            points.sort_unstable();
+            let mut pieces: Vec<&[u8]> = Vec::new();
+            let mut last = 0;
+            for &p in &points {
+                pieces.push(&wire[last..p]);
+                last = p;
+            }
+            pieces.push(&wire[last..]);
+            let at = Instant::now();
+            let mut whole = Tap::new(path, Some(b"text/event-stream"));
+            feed(&mut whole, &[&wire], at);
+            let mut split = Tap::new(path, Some(b"text/event-stream"));
+            for p in &pieces {
+                split.observe(p, at);
+            }
+            split.end();
+            let (w, s) = (whole.summary(), split.summary());
+            proptest::prop_assert_eq!(&w.text, &deltas.concat());
+            proptest::prop_assert_eq!(w.first_token_at.is_some(), deltas.iter().any(|d| !d.is_empty()));
+            proptest::prop_assert_eq!(w.usage.output, Some(9));
+            proptest::prop_assert!(w.complete);
+            proptest::prop_assert_eq!(w.invalid, 0);
+            proptest::prop_assert_eq!(s, w);
+        }
+    }
+
     #[test]
     fn tap_ignores_writes_after_end_and_empty_writes() {
         let mut tap = Tap::new(b"/v1/chat/completions", Some(b"text/event-stream"));
         tap.observe(b"", Instant::now());
         tap.end();
-        tap.observe(b"data: {\"model\":\"m\",\"choices\":[]}\n\n", Instant::now());
+        tap.observe(
+            b"data: {\"model\":\"m\",\"choices\":[]}\n\n",
+            Instant::now(),
+        );
         assert_eq!(tap.summary().events, 0);
         assert_eq!(tap.summary().model, None);
     }
