@@ -11,7 +11,8 @@
 //! - **Zero-copy where possible.** An event that lies within one input is a slice of it
 //!   ([`Bytes::split_to`]); only an event that spans inputs is copied, into one reused buffer.
 //! - **Bounded.** The aligner holds at most `max_event` bytes (default
-//!   [`Aligner::DEFAULT_MAX_EVENT`], 1 MiB) of an unfinished event. An event that spans inputs
+//!   [`Aligner::DEFAULT_MAX_EVENT`], 1 MiB) of an unfinished event, in one of two buffers it
+//!   reuses (each keeps at most 64 KiB of capacity between events). An event that spans inputs
 //!   and grows past that is emitted in pieces as its bytes arrive, and counted
 //!   ([`AlignCounts::oversized`]). An event that arrives whole inside one input is emitted whole
 //!   whatever its size: it costs no memory beyond the input it came in.
@@ -57,6 +58,9 @@ use serde::de::IgnoredAny;
 use crate::codec::chunked::Field;
 use crate::codec::sse::{parse_event, Framer, StreamFormat};
 use crate::stream::Stage;
+
+/// The most capacity a buffer keeps for reuse after the event in it was emitted: 64 KiB.
+const KEEP_CAPACITY: usize = 64 << 10;
 
 /// What the aligner saw, as plain counters.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -148,10 +152,15 @@ impl Aligner {
         self.held.len()
     }
 
-    /// Emit everything held, and hold the next event in the other buffer.
+    /// Emit everything held, and hold the next event in the other buffer. A buffer grown past
+    /// [`KEEP_CAPACITY`] by an unusually large event is let go (it is freed when the writer
+    /// drops the event), so a long stream does not keep pinning it.
     fn take_held(&mut self) -> Bytes {
         let held = self.held.split().freeze();
         std::mem::swap(&mut self.held, &mut self.spare);
+        if self.spare.capacity() > KEEP_CAPACITY {
+            self.spare = BytesMut::new();
+        }
         held
     }
 
@@ -433,6 +442,17 @@ mod tests {
         let out = run(&mut a, &[b"data: long\n\n"]);
         assert_eq!(strs(&out), ["data: long\n\n"]);
         assert_eq!(a.counts().oversized, 0);
+    }
+
+    #[test]
+    fn align_lets_go_of_a_buffer_grown_by_a_large_event() {
+        let mut a = sse();
+        let big = vec![b'x'; 200 << 10];
+        let out = run(&mut a, &[b"data: ", &big, b"\n\n", b"data: 1", b"\n\n"]);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].len(), 6 + (200 << 10) + 2);
+        assert!(a.held.capacity() <= KEEP_CAPACITY);
+        assert!(a.spare.capacity() <= KEEP_CAPACITY);
     }
 
     #[test]

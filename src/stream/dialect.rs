@@ -162,7 +162,7 @@ pub(crate) struct Record {
     pub(crate) first_token_at: Option<Instant>,
     pub(crate) error: Option<StreamError>,
     /// The answer's own end marker was seen (`[DONE]`, `message_stop`, `response.completed`,
-    /// `done: true`), or a whole unstreamed answer was read.
+    /// `done: true`), or a whole unstreamed answer (not an error body) was read.
     pub(crate) complete: bool,
     /// Payloads that were not JSON or not of the expected shape.
     pub(crate) invalid: u64,
@@ -319,7 +319,8 @@ pub(crate) fn read_document(dialect: Dialect, body: &[u8], rec: &mut Record, at:
     };
     match read {
         Read::Invalid => rec.invalid += 1,
-        Read::Understood => rec.complete = true,
+        // An error body is not an answer.
+        Read::Understood => rec.complete = rec.error.is_none(),
     }
     read
 }

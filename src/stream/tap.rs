@@ -20,7 +20,8 @@
 //!   from the shape of the first payload that shows one ([`Dialect::sniff`]).
 //! - **Bounded.** Memory is bounded whatever the stream's length: the answer text is kept up to
 //!   `max_text` bytes, then [`Summary::truncated`]; an event split across writes is buffered up
-//!   to `max_event` bytes, past which that event is skipped and counted
+//!   to `max_event` bytes (the buffer keeps at most 64 KiB of capacity between events), past
+//!   which that event is skipped and counted
 //!   ([`Summary::skipped`]); a document past `max_body` is skipped and counted the same way.
 //! - **Never breaks.** Invalid JSON, unknown event types, payloads of unexpected shape,
 //!   usage-only chunks and missing usage are counted or ignored: the tap records less, it never
@@ -51,6 +52,9 @@ use crate::codec::sse::{media_type, parse_event, Framer, StreamFormat};
 use crate::stream::dialect::{
     read_document, read_event, read_unknown, Dialect, Read, Record, StreamError, Usage,
 };
+
+/// The most capacity the partial-event buffer keeps for reuse between events: 64 KiB.
+const KEEP_CAPACITY: usize = 64 << 10;
 
 /// Bounds on what the tap keeps. Build with [`TapLimits::default`] and the setters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,7 +146,7 @@ pub struct Summary {
     pub events: u64,
     /// The answer's own end marker was seen (`data: [DONE]`, `message_stop`,
     /// `response.completed` / `.incomplete` / `.failed`, `"done": true`), or an unstreamed
-    /// answer was read whole.
+    /// answer was read whole (an error body is not one).
     pub complete: bool,
     /// Events over `max_event` and bodies over `max_body`, not read.
     pub skipped: u64,
@@ -323,6 +327,9 @@ impl Tap {
                             self.reader.unit(format, partial, at);
                         }
                         partial.clear();
+                        if partial.capacity() > KEEP_CAPACITY {
+                            *partial = Vec::new();
+                        }
                     }
                 }
                 if rest.is_empty() || !framer.in_event() || *skipping {
@@ -578,6 +585,26 @@ mod tests {
         assert_eq!(s.text, "ab");
         assert_eq!(s.events, 2);
         assert!(s.complete);
+    }
+
+    #[test]
+    fn tap_error_body_is_not_a_complete_answer() {
+        let mut tap = Tap::new(b"/v1/chat/completions", Some(b"application/json"));
+        feed(
+            &mut tap,
+            &[b"{\"error\":{\"message\":\"Rate limit reached\",\"type\":\"requests\",\"param\":null,\"code\":\"rate_limit_exceeded\"}}"],
+            Instant::now(),
+        );
+        let s = tap.summary();
+        assert!(!s.complete);
+        assert_eq!(s.events, 1);
+        assert_eq!(
+            s.error,
+            Some(StreamError {
+                kind: Some("requests".into()),
+                message: Some("Rate limit reached".into())
+            })
+        );
     }
 
     #[test]
