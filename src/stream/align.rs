@@ -582,6 +582,38 @@ mod tests {
 
     proptest! {
         #[test]
+        fn align_arbitrary_bytes_pass_unchanged(
+            body in proptest::collection::vec(
+                prop_oneof![Just(b'\n'), Just(b'\r'), Just(b'}'), Just(b'{'), any::<u8>()],
+                0..200,
+            ),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
+            lines in any::<bool>(),
+            max_event in prop_oneof![Just(usize::MAX), 0usize..32],
+        ) {
+            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(body.len() + 1)).collect();
+            points.sort_unstable();
+            let mut inputs: Vec<&[u8]> = Vec::new();
+            let mut last = 0;
+            for &p in &points {
+                inputs.push(&body[last..p]);
+                last = p;
+            }
+            inputs.push(&body[last..]);
+            let format = if lines { StreamFormat::JsonLines } else { StreamFormat::EventStream };
+            let mut a = Aligner::new(format).max_event(max_event);
+            let mut out = Vec::new();
+            for input in &inputs {
+                a.unit(Bytes::copy_from_slice(input), &mut out);
+                prop_assert!(a.held() <= max_event);
+            }
+            a.end(&[], &mut out);
+            prop_assert_eq!(out.concat(), body);
+            prop_assert!(out.iter().all(|u| !u.is_empty()));
+            prop_assert_eq!(a.held(), 0);
+        }
+
+        #[test]
         fn align_any_split_gives_whole_events(
             events in proptest::collection::vec(event_strategy(), 1..8),
             cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..10),

@@ -716,6 +716,34 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn tap_arbitrary_bytes_never_panic(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+            route in 0usize..7,
+            kind in 0usize..4,
+        ) {
+            let path: &[u8] = [
+                &b"/v1/chat/completions"[..],
+                b"/v1/completions",
+                b"/v1/responses",
+                b"/v1/messages",
+                b"/api/chat",
+                b"/api/generate",
+                b"/other",
+            ][route];
+            let content_type: Option<&[u8]> =
+                [Some(&b"text/event-stream"[..]), Some(b"application/x-ndjson"), Some(b"application/json"), None][kind];
+            let limits = TapLimits::default().max_text(16).max_event(64).max_body(128);
+            let mut tap = Tap::with_limits(path, content_type, limits);
+            let (a, b) = body.split_at(cut.index(body.len() + 1));
+            feed(&mut tap, &[a, b], Instant::now());
+            let s = tap.summary();
+            proptest::prop_assert!(s.text.len() <= 16);
+        }
+    }
+
     #[test]
     fn tap_ignores_writes_after_end_and_empty_writes() {
         let mut tap = Tap::new(b"/v1/chat/completions", Some(b"text/event-stream"));
