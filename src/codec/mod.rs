@@ -8,6 +8,7 @@ pub mod framing;
 pub mod head;
 pub mod oracle;
 pub mod path;
+pub mod sse;
 
 /// A byte shown in an error message: printable ASCII quoted, CR/LF/HTAB escaped, the rest hex.
 pub(crate) struct ByteDisplay(pub(crate) u8);
