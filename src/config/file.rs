@@ -2,11 +2,9 @@
 //! scalar settings read through their declarations, the list sections by hand. Every error
 //! names the file, the line and the dotted key.
 
-use std::fmt;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::PathBuf;
-
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::declare::{broken_order, lookup, sections, ListTable};
 use super::error::ConfigError;
@@ -20,7 +18,20 @@ use super::{
 };
 
 /// A value with the byte range it was written at.
-pub(super) type S<T> = toml::Spanned<T>;
+pub(super) struct S<T> {
+    value: T,
+    span: Range<usize>,
+}
+
+impl<T> S<T> {
+    pub(super) fn get_ref(&self) -> &T {
+        &self.value
+    }
+
+    pub(super) fn span(&self) -> Range<usize> {
+        self.span.clone()
+    }
+}
 
 /// A TOML value, its children spanned.
 pub(super) enum Node {
@@ -47,62 +58,73 @@ impl Node {
             Node::Table(_) => "table",
         }
     }
-}
 
-/// The key under which the `toml` deserializer hands out a datetime.
-const TOML_DATETIME_KEY: &str = "$__toml_private_datetime";
-
-impl<'de> Deserialize<'de> for Node {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Node, D::Error> {
-        deserializer.deserialize_any(NodeVisitor)
-    }
-}
-
-struct NodeVisitor;
-
-impl<'de> Visitor<'de> for NodeVisitor {
-    type Value = Node;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a TOML value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Node, E> {
-        Ok(Node::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Node, E> {
-        Ok(Node::Int(v))
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Node, E> {
-        i64::try_from(v)
-            .map(Node::Int)
-            .map_err(|_| E::custom("integer out of range"))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Node, E> {
-        Ok(Node::Float(v))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Node, E> {
-        Ok(Node::Str(v.to_string()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Node, E> {
-        Ok(Node::Str(v))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element()? {
-            items.push(item);
+    /// A parsed table. A table made implicitly (`[a.b]` makes `a`, `a.b = 1` makes `a`) has
+    /// no span of its own: it takes its key's, or its parent's.
+    fn table(table: &toml_edit::Table, at: Range<usize>) -> S<Node> {
+        let span = table.span().unwrap_or(at);
+        S {
+            value: Node::Table(Node::entries(table, &span)),
+            span,
         }
-        Ok(Node::Array(items))
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
-        let mut entries = Vec::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if key == TOML_DATETIME_KEY {
-                map.next_value::<de::IgnoredAny>()?;
-                return Ok(Node::Datetime);
+
+    fn entries(table: &toml_edit::Table, span: &Range<usize>) -> Vec<(String, S<Node>)> {
+        let entries = table.iter().map(|(key, item)| {
+            let at = table
+                .key(key)
+                .and_then(|k| k.span())
+                .unwrap_or(span.clone());
+            (key.to_string(), Node::item(item, at))
+        });
+        entries.collect()
+    }
+
+    fn item(item: &toml_edit::Item, at: Range<usize>) -> S<Node> {
+        match item {
+            toml_edit::Item::Value(v) => Node::value(v, at),
+            toml_edit::Item::Table(t) => Node::table(t, at),
+            toml_edit::Item::ArrayOfTables(tables) => {
+                let span = tables.span().unwrap_or(at);
+                let items = tables.iter().map(|t| Node::table(t, span.clone()));
+                S {
+                    value: Node::Array(items.collect()),
+                    span,
+                }
             }
-            entries.push((key, map.next_value()?));
+            toml_edit::Item::None => S {
+                value: Node::Table(Vec::new()),
+                span: at,
+            },
         }
-        Ok(Node::Table(entries))
+    }
+
+    fn value(value: &toml_edit::Value, at: Range<usize>) -> S<Node> {
+        use toml_edit::Value;
+        let span = value.span().unwrap_or(at);
+        let node = match value {
+            Value::String(s) => Node::Str(s.value().clone()),
+            Value::Integer(n) => Node::Int(*n.value()),
+            Value::Float(x) => Node::Float(*x.value()),
+            Value::Boolean(b) => Node::Bool(*b.value()),
+            Value::Datetime(_) => Node::Datetime,
+            Value::Array(items) => {
+                Node::Array(items.iter().map(|v| Node::value(v, span.clone())).collect())
+            }
+            Value::InlineTable(table) => Node::Table(
+                table
+                    .iter()
+                    .map(|(key, v)| {
+                        let at = table
+                            .key(key)
+                            .and_then(|k| k.span())
+                            .unwrap_or(span.clone());
+                        (key.to_string(), Node::value(v, at))
+                    })
+                    .collect(),
+            ),
+        };
+        S { value: node, span }
     }
 }
 
@@ -273,7 +295,7 @@ impl Config {
             origin: source_name,
             env,
         };
-        let root = Node::deserialize(toml::Deserializer::new(s)).map_err(|e| {
+        let doc = toml_edit::ImDocument::parse(s).map_err(|e| {
             let line = e.span().map(|span| ctx.line_of(span.start));
             let message = e
                 .message()
@@ -284,14 +306,7 @@ impl Config {
                 .join(": ");
             ConfigError::whole(source_name, line, message)
         })?;
-        match &root {
-            Node::Table(entries) => build(&ctx, entries),
-            other => Err(ConfigError::whole(
-                source_name,
-                None,
-                format!("expected a table, found {}", other.type_name()),
-            )),
-        }
+        build(&ctx, &Node::entries(doc.as_table(), &(0..0)))
     }
 
     /// Read, parse and validate a TOML configuration file.
@@ -649,4 +664,65 @@ fn routes(ctx: &Ctx<'_>, node: &S<Node>, cfg: &mut Config) -> Result<(), ConfigE
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> ConfigError {
+        Config::from_toml_str_with_env(text, "t.toml", &|_| None).unwrap_err()
+    }
+
+    #[test]
+    fn implicit_tables_are_named_and_located() {
+        // `[limits.x]` and `a.b = 1` make tables that have no span of their own.
+        let e = err("\n[limits.x]\ny = 1\n");
+        assert_eq!((e.line(), e.subject()), (Some(2), Some("limits.x")), "{e}");
+        assert!(e.message().starts_with("unknown field `x`"), "{e}");
+        let e = err("drain_timeout = \"5s\"\na.b = 1\n");
+        assert_eq!((e.line(), e.subject()), (Some(2), Some("a")), "{e}");
+        let e = err("[[listener]]\naddr = \"127.0.0.1:1\"\ntls.cert = \"c.pem\"\n");
+        assert_eq!(
+            (e.line(), e.subject()),
+            (Some(3), Some("listener[0].tls")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn errors_point_at_the_element_line() {
+        let e = err("[retry]\non_status = [\n  429,\n  200,\n]\n");
+        assert_eq!(
+            (e.line(), e.subject()),
+            (Some(4), Some("retry.on_status[1]")),
+            "{e}"
+        );
+        let e = err("[[listener]]\nmax_connections = 5\n");
+        assert_eq!(
+            (e.line(), e.subject()),
+            (Some(1), Some("listener[0].addr")),
+            "{e}"
+        );
+        assert_eq!(e.message(), "required key is missing");
+    }
+
+    #[test]
+    fn a_dotted_name_is_not_a_top_level_key() {
+        let e = err("\"timeouts.connect\" = \"5s\"\n");
+        assert_eq!(e.subject(), Some("timeouts.connect"));
+        assert!(e.message().starts_with("unknown field"), "{e}");
+        let cfg = Config::from_toml_str_with_env("timeouts.connect = \"5s\"\n", "t", &|_| None)
+            .expect("a dotted key is the table's key");
+        assert_eq!(cfg.timeouts.connect, std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn datetimes_and_syntax_errors() {
+        let e = err("[timeouts]\nconnect = 1979-05-27\n");
+        assert_eq!(e.subject(), Some("timeouts.connect"));
+        assert!(e.message().ends_with("found datetime"), "{e}");
+        let e = err("drain_timeout = \"1s\"\ndrain_timeout = \"2s\"\n");
+        assert_eq!((e.line(), e.subject()), (Some(2), None), "{e}");
+    }
 }
