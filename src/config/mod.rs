@@ -20,10 +20,10 @@
 //! );
 //! ```
 //!
-//! Modules: `settings` (the declarations), `declare` (the `settings!` macro and the
-//! [`Setting`](declare::Setting) view of a declaration), `kinds` (value kinds: durations,
-//! sizes, counts ...), `file` (TOML reading), `flags` (`serve` flags), `render`
-//! (`check-config`, the reference), `units`, `url`, `error`.
+//! Modules: `settings` (the declarations), `declare` (the `settings!` macro and the `Setting`
+//! view of a declaration), `kinds` (value kinds: durations, sizes, counts ...), `file` (TOML
+//! reading), `flags` (`serve` flags), `render` (`check-config`, the reference), `units`,
+//! `url`, `error`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
