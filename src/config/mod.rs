@@ -150,14 +150,33 @@ pub struct UpstreamConfig {
 ///
 /// Its `Default` is the codec's; the declarations in `settings.rs` read their defaults from
 /// the codec too, so the two agree.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LimitsConfig {
     /// Chunked-body limits (largest chunk, size line, extensions, trailers, body).
     pub chunk: ChunkLimits,
     /// Request and response head limits.
     pub head: HeadLimits,
-    /// Largest Content-Length body accepted from a client (default unlimited: `None`).
+    /// Largest request body accepted from a client, Content-Length or chunked (413).
     pub max_request_body: Option<u64>,
+    /// Content-Length request bodies up to this size are read whole before an upstream
+    /// connection is taken.
+    pub buffer_request_body: u64,
+    /// The slowest a client may send its request body, in bytes per second on average after
+    /// `timeouts.client_body_grace` (0: no minimum).
+    pub client_body_min_rate: u64,
+}
+
+impl Default for LimitsConfig {
+    /// The declared defaults (a test checks the two agree).
+    fn default() -> Self {
+        LimitsConfig {
+            chunk: ChunkLimits::default(),
+            head: HeadLimits::default(),
+            max_request_body: Some(32 << 20),
+            buffer_request_body: 256 << 10,
+            client_body_min_rate: 240,
+        }
+    }
 }
 
 /// Log line format.

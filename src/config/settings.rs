@@ -70,10 +70,21 @@ settings! {
         "limits.max_request_line" => Size::<usize>::positive(),
             default HeadLimits::default().max_request_line,
             field(limits.head.max_request_line);
-        /// Largest Content-Length request body accepted from a client (413).
+        /// Largest request body accepted from a client, Content-Length (refused before
+        /// anything is forwarded) or chunked (413).
         "limits.max_request_body" => Optional::new(Size::<u64>::positive(), "unlimited"),
-            default None,
+            default Some(32 << 20),
             field(limits.max_request_body);
+        /// Content-Length request bodies up to this size are read whole before an upstream
+        /// connection is taken (a slow client then holds none); larger ones stream.
+        "limits.buffer_request_body" => Size::<u64>::any(),
+            default 256 << 10,
+            field(limits.buffer_request_body);
+        /// The slowest a client may send its request body, bytes per second on average after
+        /// `timeouts.client_body_grace` (408 below it; 0: no minimum).
+        "limits.client_body_min_rate" => Count::<u64>::between(0, 1 << 40),
+            default 240,
+            field(limits.client_body_min_rate);
     }
 
     /// Timeouts. `None` means no timeout for the optional ones.
@@ -96,6 +107,8 @@ settings! {
         client_idle: Duration => Time, default Duration::from_secs(60);
         /// A client that accepts no bytes for this long is cut (it stopped reading).
         client_write_stall: Duration => Time, default Duration::from_secs(60);
+        /// How long a request body may run before `limits.client_body_min_rate` applies.
+        client_body_grace: Duration => Time, default Duration::from_secs(5);
     }
 
     /// Upstream keep-alive pool.
@@ -117,7 +130,8 @@ settings! {
             flag "--retry-attempts";
         /// Backoff base: attempt n waits a random time up to min(cap, base * 2^n).
         base: Duration => Time, default Duration::from_millis(200);
-        /// Backoff cap, also the longest Retry-After honoured.
+        /// Backoff cap; a Retry-After longer than this is not retried (the upstream's answer
+        /// goes to the client with it).
         cap: Duration => Time, default Duration::from_secs(10);
         /// Upstream response statuses that are retried.
         on_status: Vec<u16> => Statuses, default vec![429, 502, 503, 504];

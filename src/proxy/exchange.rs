@@ -138,7 +138,7 @@ where
         if let BodyFraming::Length(n) = admitted.meta.framing {
             // A small Content-Length body has no chunk boundaries to keep: read it whole
             // before any upstream connection is taken, so a slow client holds none.
-            if n <= BUFFER_REQUEST_BODY {
+            if n <= shared.config.limits.buffer_request_body {
                 if admitted.meta.expect_continue {
                     admitted.meta.expect_continue = false;
                     self.conn.continue_100().await;
@@ -541,10 +541,10 @@ fn admit<'r, S>(
     if let Some(u) = upload.idle() {
         u.reader = reader;
         u.replay = Replay::new(cfg.retry.max_replay_body);
-        u.min_rate = Some(MinRate {
+        u.min_rate = (cfg.limits.client_body_min_rate > 0).then(|| MinRate {
             start: tokio::time::Instant::now(),
-            grace: CLIENT_BODY_GRACE,
-            bytes_per_sec: CLIENT_BODY_MIN_RATE,
+            grace: cfg.timeouts.client_body_grace,
+            bytes_per_sec: cfg.limits.client_body_min_rate,
         });
     }
     let client_takes_trailers = head.get_all("te").any(|v| {
@@ -558,12 +558,6 @@ fn admit<'r, S>(
         client_takes_trailers,
     })
 }
-
-/// Largest Content-Length request body read whole before an upstream connection is taken.
-const BUFFER_REQUEST_BODY: u64 = 256 * 1024;
-/// The slowest a client may send its request body on average, after the grace period.
-const CLIENT_BODY_MIN_RATE: u64 = 240;
-const CLIENT_BODY_GRACE: Duration = Duration::from_secs(5);
 
 /// Read until `client.buf` holds `n` bytes (a whole Content-Length body), held to the idle
 /// limit between reads and to `rate`.
