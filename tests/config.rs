@@ -367,6 +367,15 @@ fn every_validation_error_names_line_and_key() {
         (
             BASE.replace(
                 "group = \"g\"\n",
+                "group = \"g\"\ninject_headers = { X_Api_Key = \"x\" }\n",
+            ),
+            5,
+            "route[0].inject_headers.X_Api_Key",
+            "with `_` are not sent",
+        ),
+        (
+            BASE.replace(
+                "group = \"g\"\n",
                 "group = \"g\"\ninject_headers = { Host = \"x\" }\n",
             ),
             5,

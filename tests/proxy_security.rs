@@ -392,3 +392,25 @@ fn the_default_upstream_cap_holds_what_the_listeners_admit() {
     assert_eq!(cap.per_upstream, 9_200);
     assert_eq!(cfg.pool.max_connections_per_upstream, Some(9_200));
 }
+
+#[tokio::test]
+async fn a_declared_body_over_the_default_limit_is_413_before_anything_is_forwarded() {
+    bounded(TEST_LIMIT, async {
+        let upstream = ok_upstream().await;
+        let proxy = TestProxy::to(&[upstream.addr]).await;
+        let mut c = proxy.connect().await;
+        // 64 MiB declared, over the 32 MiB default; the client keeps sending while it waits.
+        c.send(b"POST /v1/files HTTP/1.1\r\nHost: api.test\r\nContent-Length: 67108864\r\n\r\n")
+            .await
+            .expect("head");
+        let _ = c.send(&vec![b'x'; 256 * 1024]).await;
+        let resp = c
+            .response("POST")
+            .await
+            .expect("the answer survives the unread body");
+        assert_eq!(resp.head.status, 413);
+        assert_eq!(resp.head.get("connection"), Some("close"));
+        assert_eq!(upstream.accepted(), 0, "nothing was forwarded");
+    })
+    .await;
+}

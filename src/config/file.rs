@@ -609,6 +609,12 @@ fn routes(ctx: &Ctx<'_>, node: &S<Node>, cfg: &mut Config) -> Result<(), ConfigE
                     let message = format!("{name:?} is not a valid header name");
                     return Err(ctx.err(value, &key, message));
                 }
+                if name.contains('_') {
+                    // chunkgate refuses `_` in field names it receives (some servers read it
+                    // as `-`), so an injected one would never be sent: say so at load time.
+                    let message = format!("{name:?}: header names with `_` are not sent");
+                    return Err(ctx.err(value, &key, message));
+                }
                 if NOT_INJECTABLE.contains(&name.to_ascii_lowercase().as_str()) {
                     let message =
                         format!("`{name}` is set by chunkgate itself and cannot be injected");

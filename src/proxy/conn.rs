@@ -94,10 +94,16 @@ enum State<S> {
     /// A request head arrived: an exchange runs.
     InExchange(ClientRead<S>, RequestHead),
     /// The head was bad or too slow: answer, then close.
-    Refusing(ExchangeError),
-    /// Done: the write side is shut down.
-    Closing,
+    Refusing(ClientRead<S>, ExchangeError),
+    /// Done: the write side is shut down; after an error answer, the client's unread bytes
+    /// are drained for a moment first (a lingering close), so a client still sending does
+    /// not get a reset that destroys the answer before it reads it.
+    Closing(Option<ClientRead<S>>),
 }
+
+/// How long, and how many bytes, a lingering close drains.
+const LINGER_TIME: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 256 * 1024;
 
 /// Serve one client connection until it closes, fails, or the proxy drains.
 pub(crate) async fn serve<S>(
@@ -164,9 +170,13 @@ where
                     .await
                     {
                         Ok(Some(head)) => State::InExchange(client, head),
-                        Ok(None) | Err(HeadRead::Closed) => State::Closing,
-                        Err(HeadRead::Bad(e)) => State::Refusing(ExchangeError::ClientHead(e)),
-                        Err(HeadRead::Timeout) => State::Refusing(ExchangeError::ClientHeadTimeout),
+                        Ok(None) | Err(HeadRead::Closed) => State::Closing(None),
+                        Err(HeadRead::Bad(e)) => {
+                            State::Refusing(client, ExchangeError::ClientHead(e))
+                        }
+                        Err(HeadRead::Timeout) => {
+                            State::Refusing(client, ExchangeError::ClientHeadTimeout)
+                        }
                     }
                 }
                 State::InExchange(client, head) => {
@@ -175,10 +185,11 @@ where
                         After::KeepAlive(client) if !self.shared.draining.is_cancelled() => {
                             State::ReadingHead(client)
                         }
-                        _ => State::Closing,
+                        After::KeepAlive(_) => State::Closing(None),
+                        After::Close(client) => State::Closing(client),
                     }
                 }
-                State::Refusing(err) => {
+                State::Refusing(client, err) => {
                     if let ExchangeError::ClientHeadTimeout = err {
                         self.shared.metrics.timeout("client_head");
                         // A client too slow to send its head gets little time to read the answer.
@@ -187,11 +198,34 @@ where
                         self.shared.metrics.rejected(err.reason());
                         self.answer(&err, b"", &[]).await;
                     }
-                    State::Closing
+                    State::Closing(Some(client))
                 }
-                State::Closing => return,
+                State::Closing(client) => {
+                    if let Some(client) = client {
+                        self.linger(client).await;
+                    }
+                    return;
+                }
             }
         }
+    }
+
+    /// Shut the write side down (the answer is out), then read and drop what the client
+    /// still sends, for a moment.
+    async fn linger(&mut self, mut client: ClientRead<S>) {
+        use tokio::io::AsyncReadExt;
+        let _ = timeout(LINGER_TIME, self.wr.shutdown()).await;
+        let _ = timeout(LINGER_TIME, async {
+            let mut scratch = [0u8; 1024];
+            let mut drained = 0;
+            while drained < LINGER_BYTES {
+                match client.rd.read(&mut scratch).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
+        })
+        .await;
     }
 
     /// Tell a client that waits (`Expect: 100-continue`) to send its body.

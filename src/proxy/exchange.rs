@@ -49,7 +49,9 @@ use crate::upstream::retry::{Failure, FailureKind};
 /// when it can.
 pub(crate) enum After<S> {
     KeepAlive(ClientRead<S>),
-    Close,
+    /// Close; with the read half when an error answer was just written, so the connection
+    /// can linger while the client reads it.
+    Close(Option<ClientRead<S>>),
 }
 
 /// The route and upstream of an exchange that reached neither.
@@ -406,6 +408,7 @@ where
         upload: UploadSlot<S>,
     ) -> After<S> {
         let metrics = &self.shared.metrics;
+        let mut answered = false;
         let keep_alive = match result {
             Ok(keep_alive) => {
                 self.rec.outcome = Outcome::Complete;
@@ -443,6 +446,7 @@ where
                         }
                         let id = self.request_id.clone();
                         self.conn.answer(&err, &id, &extra).await;
+                        answered = true;
                     }
                 }
                 false
@@ -455,11 +459,13 @@ where
                 self.rec.reassembled += u.reader.reassembled();
                 if keep_alive && u.done() && !u.client.half_closed {
                     After::KeepAlive(u.client)
+                } else if answered {
+                    After::Close(Some(u.client))
                 } else {
-                    After::Close
+                    After::Close(None)
                 }
             }
-            UploadSlot::Pumping(_) | UploadSlot::Taken => After::Close,
+            UploadSlot::Pumping(_) | UploadSlot::Taken => After::Close(None),
         };
         self.rec.duration = self.started.elapsed();
         self.conn.counters.count(&self.shared.metrics, &self.rec);
