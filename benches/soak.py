@@ -6,9 +6,9 @@
                                          min(60 s, duration / 2))
     benches/soak.py --help               every option
 
-Run it alone on the machine (on a shared one: `flock /tmp/cargo.lock benches/soak.py`), from a
-release build: it uses `${CARGO_TARGET_DIR:-target}/release/chunkgate` unless `--bin` says
-otherwise, and builds nothing. Python 3 standard library only.
+Run it alone on the machine (it measures memory and timeouts), from a release build: it uses
+`${CARGO_TARGET_DIR:-target}/release/chunkgate` unless `--bin` says otherwise, and builds
+nothing. Python 3 standard library only.
 
 What it starts, all on 127.0.0.1 and stopped by the script when it exits (and by the kernel
 if the script dies: both children get PR_SET_PDEATHSIG):
