@@ -414,3 +414,29 @@ async fn a_declared_body_over_the_default_limit_is_413_before_anything_is_forwar
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_response_with_a_coding_after_chunked_is_passed_on_until_close() {
+    bounded(TEST_LIMIT, async {
+        let upstream = raw_upstream(|mut peer, _| async move {
+            read_request(&mut peer).await.expect("request");
+            peer.send(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, deflate\r\n\r\n\x01\x02coded",
+            )
+            .await
+            .expect("answer");
+        })
+        .await;
+        let proxy = TestProxy::to(&[upstream.addr]).await;
+        let mut c = proxy.connect().await;
+        c.send(b"GET /v1/x HTTP/1.1\r\nHost: api.test\r\n\r\n")
+            .await
+            .expect("send");
+        let head = c.response_head().await.expect("head");
+        assert_eq!(head.status, 200, "not a 502: RFC 9112 section 6.3 rule 4");
+        assert_eq!(head.get("transfer-encoding"), Some("chunked, deflate"));
+        assert!(head.says_close());
+        assert_eq!(c.read_to_close().await, b"\x01\x02coded");
+    })
+    .await;
+}

@@ -298,8 +298,20 @@ where
             mut up_rd,
             mut up_buf,
         } = *committed;
-        let (mut reader, client_framing) =
+        let (mut reader, mut client_framing) =
             client_framing(resp_meta.framing, client.version, cfg.limits.chunk);
+        // A response still transfer-coded (`gzip`, `chunked, deflate`) is read until close and
+        // passed on the same way, its `Transfer-Encoding` kept, so the client can decode it.
+        let coding: Option<String> = resp_meta.transfer_coded.then(|| {
+            resp_head
+                .get_all("transfer-encoding")
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+        if coding.is_some() {
+            client_framing = BodyFraming::Close;
+        }
         let keep_alive = client.keep_alive
             && !shared.draining.is_cancelled()
             && client_framing != BodyFraming::Close;
@@ -307,6 +319,9 @@ where
         let mut extra: Vec<(&str, &str)> = Vec::new();
         if let Some(note) = note.as_deref() {
             extra.push(("x-chunkgate-retries", note));
+        }
+        if let Some(coding) = coding.as_deref() {
+            extra.push(("transfer-encoding", coding));
         }
         let mut head_out = BytesMut::with_capacity(512);
         headers::write_response_head(
