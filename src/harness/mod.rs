@@ -9,9 +9,12 @@
 //! - [`naive`]: a client that treats each TCP read as a whole message, as frameworks that
 //!   hand out partial chunks do.
 //! - [`runner`]: `chunkgate harness`; [`demo`]: `chunkgate demo`.
+//! - [`exchange_oracle`]: whole exchanges through a running proxy, checked (the `exchange`
+//!   fuzz target and its seed replay).
 
 pub mod client;
 pub mod demo;
+pub mod exchange_oracle;
 pub mod mock;
 pub mod naive;
 pub mod runner;
