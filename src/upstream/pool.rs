@@ -19,8 +19,8 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
-use std::task::{Context, Wake, Waker};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -401,16 +401,9 @@ async fn reap_idle(pool: Weak<PoolInner>, period: Duration) {
     }
 }
 
-struct NoopWake;
-
-impl Wake for NoopWake {
-    fn wake(self: Arc<Self>) {}
-}
-
 /// A waker that does nothing, for polling a socket once without waiting on it.
 fn noop_waker() -> &'static Waker {
-    static WAKER: OnceLock<Waker> = OnceLock::new();
-    WAKER.get_or_init(|| Waker::from(Arc::new(NoopWake)))
+    Waker::noop()
 }
 
 #[cfg(test)]
