@@ -2,14 +2,12 @@
 //! splits, flush before the next chunk, Content-Length bodies, keep-alive, pipelining,
 //! HTTP/1.0, `Expect: 100-continue`, and many concurrent streams.
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use tokio::sync::{mpsc, oneshot};
 
 /// A chat-completion request with a Content-Length body.

@@ -1,16 +1,14 @@
 //! TLS upstreams: a CA and a server certificate made in the test (rcgen), a tokio-rustls
 //! upstream, the proxy trusting the CA through `ca_file`. Chunks stay exact across TLS records.
 
-mod common;
-
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::{Bytes, BytesMut};
 use chunkgate::config::{Config, UpstreamUrl};
-use common::*;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

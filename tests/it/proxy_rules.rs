@@ -2,12 +2,10 @@
 //! answered with its status and an OpenAI-style JSON error, the connection is closed, and the
 //! upstream never sees a request. Smuggling attempts reach the upstream as exactly one request.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// One rejection case: what the client sends and the status it must get.
 struct Case {

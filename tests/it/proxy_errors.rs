@@ -1,13 +1,11 @@
 //! Errors a client can read (502, 504, 413, 431, 414), cut streams that never look complete,
 //! and a client leaving mid-stream closing the upstream connection at once.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use chunkgate::codec::chunked::Limits;
-use common::*;
 use tokio::sync::oneshot;
 use tokio_util::codec::Decoder;
 

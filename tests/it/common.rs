@@ -8,9 +8,6 @@
 //!   httparse and chunked bodies byte-exactly, recording the chunk boundaries received;
 //! - [`hyper_client`]: hyper's HTTP/1.1 client as an independent client.
 
-// Each test binary compiles this module and uses a different subset of it.
-#![allow(dead_code)]
-
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -50,6 +47,34 @@ pub async fn bounded<F: Future>(limit: Duration, fut: F) -> F::Output {
         Ok(v) => v,
         Err(_) => panic!("test did not finish within {limit:?}"),
     }
+}
+
+/// Set in a child process started by [`alone`] to the name of the test it runs.
+const ALONE_ENV: &str = "CHUNKGATE_IT_ALONE";
+
+/// For a test that measures the whole process (its memory): run the test `name` (its path in
+/// this binary, `module::test`) alone in a child process of this test binary. True in that
+/// child, where the test goes on; false in the parent once the child passed. A child that
+/// failed, or ran anything but that one test, fails the parent.
+pub fn alone(name: &str) -> bool {
+    if std::env::var(ALONE_ENV).is_ok_and(|v| v == name) {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let out = std::process::Command::new(exe)
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(ALONE_ENV, name)
+        .output()
+        .expect("start the test binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "{name} in its own process: {}\n{stdout}\n{stderr}",
+        out.status
+    );
+    eprint!("{stderr}");
+    false
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,11 +1,9 @@
 //! The optional total timeout: off by default, and when set it ends an exchange that runs
 //! past it with a 504 before the response, or a cut stream (no clean end) after.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const GET: &[u8] = b"GET /v1/stream HTTP/1.1\r\nHost: gateway.test\r\n\r\n";
 

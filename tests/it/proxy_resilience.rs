@@ -2,20 +2,14 @@
 //! connect errors), the circuit breaker, what is never retried, the layered timeouts, graceful
 //! drain, and bounded memory under a slow reader.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use chunkgate::config::UpstreamConfig;
-use common::*;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
-
-/// The slow-reader test measures the whole process's memory: it runs alone (write lock), the
-/// other tests of this binary share the read lock.
-static MEMORY_GATE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 const GET: &[u8] = b"GET /v1/models HTTP/1.1\r\nHost: api.test\r\n\r\n";
 
@@ -58,7 +52,6 @@ fn first_gap(times: &Mutex<Vec<Instant>>) -> Duration {
 
 #[tokio::test]
 async fn retry_after_429_is_honoured_up_to_the_cap() {
-    let _gate = MEMORY_GATE.read().await;
     bounded(TEST_LIMIT, async {
         // `Retry-After: 1` (seconds), capped at 300 ms by the configuration.
         let (upstream, times) = scripted(|n| match n {
@@ -88,7 +81,6 @@ async fn retry_after_429_is_honoured_up_to_the_cap() {
 
 #[tokio::test]
 async fn retry_after_ms_is_honoured() {
-    let _gate = MEMORY_GATE.read().await;
     bounded(TEST_LIMIT, async {
         let (upstream, times) = scripted(|n| match n {
             0 => (429, vec![("retry-after-ms", "250")], "{}"),
@@ -119,7 +111,6 @@ async fn retry_after_ms_is_honoured() {
 
 #[tokio::test]
 async fn retry_of_a_bodiless_get_after_429() {
-    let _gate = MEMORY_GATE.read().await;
     bounded(TEST_LIMIT, async {
         // A GET has nothing to replay: it is as safe to retry as a small body.
         let (upstream, times) = scripted(|n| match n {
@@ -145,7 +136,6 @@ async fn retry_of_a_bodiless_get_after_429() {
 
 #[tokio::test]
 async fn failover_from_a_503_upstream_to_the_other() {
-    let _gate = MEMORY_GATE.read().await;
     bounded(TEST_LIMIT, async {
         let (bad, _) = scripted(|_| (503, vec![], "overloaded")).await;
         let (good, _) = scripted(|_| (200, vec![], "from good")).await;
@@ -179,7 +169,6 @@ async fn failover_from_a_503_upstream_to_the_other() {
 
 #[tokio::test]
 async fn connect_refused_fails_over_to_the_other_upstream() {
-    let _gate = MEMORY_GATE.read().await;
     bounded(TEST_LIMIT, async {
         let (good, _) = scripted(|_| (200, vec![], "from good")).await;
         let mut cfg = config(&[]);
@@ -218,7 +207,6 @@ async fn connect_refused_fails_over_to_the_other_upstream() {
 
 #[tokio::test]
 async fn connect_refused_everywhere_is_502_with_retry_count() {
-    let _gate = MEMORY_GATE.read().await;
     bounded(TEST_LIMIT, async {
         let a = closed_port().await;
         let b = closed_port().await;
@@ -245,7 +233,6 @@ async fn connect_refused_everywhere_is_502_with_retry_count() {
 
 #[tokio::test]
 async fn breaker_opens_fails_fast_then_half_opens_and_closes() {
-    let _gate = MEMORY_GATE.read().await;
     bounded(TEST_LIMIT, async {
         let healthy = Arc::new(AtomicBool::new(false));
         let healthy_up = Arc::clone(&healthy);
@@ -316,7 +303,6 @@ async fn breaker_opens_fails_fast_then_half_opens_and_closes() {
 
 #[tokio::test]
 async fn no_retry_after_the_first_response_byte() {
-    let _gate = MEMORY_GATE.read().await;
     bounded(TEST_LIMIT, async {
         let upstream = raw_upstream(|mut peer, _| async move {
             let _ = read_request(&mut peer).await;
@@ -346,7 +332,6 @@ async fn no_retry_after_the_first_response_byte() {
 
 #[tokio::test]
 async fn body_over_the_replay_limit_is_not_retried() {
-    let _gate = MEMORY_GATE.read().await;
     bounded(TEST_LIMIT, async {
         let (upstream, _) = scripted(|_| (503, vec![], "busy")).await;
         let mut cfg = config(&[upstream.addr]);
@@ -386,7 +371,6 @@ async fn body_over_the_replay_limit_is_not_retried() {
 
 #[tokio::test]
 async fn stream_idle_timeout_cuts_the_stream() {
-    let _gate = MEMORY_GATE.read().await;
     bounded(TEST_LIMIT, async {
         let upstream = raw_upstream(|mut peer, _| async move {
             let _ = read_request(&mut peer).await;
@@ -418,7 +402,6 @@ async fn stream_idle_timeout_cuts_the_stream() {
 
 #[tokio::test]
 async fn response_head_timeout_is_504() {
-    let _gate = MEMORY_GATE.read().await;
     bounded(TEST_LIMIT, async {
         let upstream = raw_upstream(|mut peer, _| async move {
             let _ = read_request(&mut peer).await;
@@ -445,7 +428,6 @@ async fn response_head_timeout_is_504() {
 
 #[tokio::test]
 async fn slow_client_head_gets_408_or_is_closed() {
-    let _gate = MEMORY_GATE.read().await;
     bounded(TEST_LIMIT, async {
         let upstream = raw_upstream(|_, _| async {}).await;
         let mut cfg = config(&[upstream.addr]);
@@ -479,7 +461,6 @@ async fn slow_client_head_gets_408_or_is_closed() {
 
 #[tokio::test]
 async fn idle_keep_alive_client_is_closed() {
-    let _gate = MEMORY_GATE.read().await;
     bounded(TEST_LIMIT, async {
         let (upstream, _) = scripted(|_| (200, vec![], "ok")).await;
         let mut cfg = config(&[upstream.addr]);
@@ -505,7 +486,6 @@ async fn idle_keep_alive_client_is_closed() {
 
 #[tokio::test]
 async fn stalled_client_is_cut_after_write_stall() {
-    let _gate = MEMORY_GATE.read().await;
     bounded(TEST_LIMIT, async {
         const CHUNK: usize = 64 * 1024;
         const MAX_CHUNKS: usize = 1024; // 64 MiB, far more than the socket buffers hold
@@ -553,7 +533,6 @@ async fn stalled_client_is_cut_after_write_stall() {
 
 #[tokio::test]
 async fn graceful_shutdown_finishes_streams_in_flight() {
-    let _gate = MEMORY_GATE.read().await;
     bounded(Duration::from_secs(15), async {
         const STREAMS: usize = 20;
         const CHUNKS: usize = 6;
@@ -645,7 +624,10 @@ async fn graceful_shutdown_finishes_streams_in_flight() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_reader_keeps_proxy_memory_flat() {
-    let _gate = MEMORY_GATE.write().await;
+    // It measures the whole process's memory: it runs in a process of its own.
+    if !alone("proxy_resilience::slow_reader_keeps_proxy_memory_flat") {
+        return;
+    }
     bounded(Duration::from_secs(30), async {
         const CHUNK: usize = 16 * 1024;
         const CHUNKS: usize = 6400; // 100 MiB
