@@ -253,7 +253,7 @@ async fn breaker_opens_fails_fast_then_half_opens_and_closes() {
         let ask = |expect: u16| {
             let addr = proxy.addr;
             async move {
-                let mut client = Peer::connect(addr).await;
+                let mut client = Peer::connect(addr).await.expect("connect");
                 client.send(GET).await.expect("send");
                 let resp = client.response("GET").await.expect("response");
                 assert_eq!(resp.head.status, expect);
@@ -305,7 +305,7 @@ async fn breaker_opens_fails_fast_then_half_opens_and_closes() {
 async fn no_retry_after_the_first_response_byte() {
     bounded(TEST_LIMIT, async {
         let upstream = raw_upstream(|mut peer, _| async move {
-            let _ = read_request(&mut peer).await;
+            let _ = peer.request().await;
             let _ = peer.send(CHUNKED_HEAD).await;
             let _ = peer.send(&chunk(b"data: {\"n\":1}\n\n")).await;
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -318,7 +318,7 @@ async fn no_retry_after_the_first_response_byte() {
         let head = client.response_head().await.expect("head");
         assert_eq!(head.status, 200);
         let body = client.chunked_body().await;
-        assert!(!body.is_clean(), "a cut stream never ends cleanly");
+        assert!(!body.is_complete(), "a cut stream never ends cleanly");
         assert_eq!(body.texts(), vec!["data: {\"n\":1}\n\n"]);
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(
@@ -373,7 +373,7 @@ async fn body_over_the_replay_limit_is_not_retried() {
 async fn stream_idle_timeout_cuts_the_stream() {
     bounded(TEST_LIMIT, async {
         let upstream = raw_upstream(|mut peer, _| async move {
-            let _ = read_request(&mut peer).await;
+            let _ = peer.request().await;
             let _ = peer.send(CHUNKED_HEAD).await;
             let _ = peer.send(&chunk(b"data: {\"n\":1}\n\n")).await;
             tokio::time::sleep(Duration::from_secs(5)).await;
@@ -389,7 +389,7 @@ async fn stream_idle_timeout_cuts_the_stream() {
         let body = client.chunked_body().await;
         let took = t.elapsed();
         eprintln!("stream_idle 300 ms: stream cut after {took:?}");
-        assert!(!body.is_clean(), "an idle stream is cut, not ended");
+        assert!(!body.is_complete(), "an idle stream is cut, not ended");
         assert_eq!(body.texts(), vec!["data: {\"n\":1}\n\n"]);
         assert!(
             took >= Duration::from_millis(250),
@@ -404,7 +404,7 @@ async fn stream_idle_timeout_cuts_the_stream() {
 async fn response_head_timeout_is_504() {
     bounded(TEST_LIMIT, async {
         let upstream = raw_upstream(|mut peer, _| async move {
-            let _ = read_request(&mut peer).await;
+            let _ = peer.request().await;
             tokio::time::sleep(Duration::from_secs(5)).await;
         })
         .await;
@@ -493,7 +493,7 @@ async fn stalled_client_is_cut_after_write_stall() {
         let upstream = raw_upstream(move |mut peer, _| {
             let done = done_tx.clone();
             async move {
-                let _ = read_request(&mut peer).await;
+                let _ = peer.request().await;
                 let one = chunk(&vec![b'y'; CHUNK]);
                 let _ = peer.send(CHUNKED_HEAD).await;
                 let mut sent = 0;
@@ -537,7 +537,7 @@ async fn graceful_shutdown_finishes_streams_in_flight() {
         const STREAMS: usize = 20;
         const CHUNKS: usize = 6;
         let upstream = raw_upstream(|mut peer, _| async move {
-            while let Ok(Some(_)) = read_request(&mut peer).await {
+            while let Ok(Some(_)) = peer.request().await {
                 if peer.send(CHUNKED_HEAD).await.is_err() {
                     return;
                 }
@@ -561,7 +561,7 @@ async fn graceful_shutdown_finishes_streams_in_flight() {
             let addr = proxy.addr;
             let started = started_tx.clone();
             tasks.push(tokio::spawn(async move {
-                let mut client = Peer::connect(addr).await;
+                let mut client = Peer::connect(addr).await.expect("connect");
                 client.send(GET).await.expect("send");
                 let head = client.response_head().await.expect("head");
                 assert_eq!(head.status, 200);
@@ -603,7 +603,7 @@ async fn graceful_shutdown_finishes_streams_in_flight() {
         let mut lost = 0;
         for task in tasks {
             let (body, closed) = task.await.expect("stream task");
-            if !body.is_clean() || body.texts() != want {
+            if !body.is_complete() || body.texts() != want {
                 lost += 1;
             }
             assert!(
@@ -638,7 +638,7 @@ async fn slow_reader_keeps_proxy_memory_flat() {
             let one = one.clone();
             let written = Arc::clone(&written_up);
             async move {
-                let _ = read_request(&mut peer).await;
+                let _ = peer.request().await;
                 let _ = peer.send(CHUNKED_HEAD).await;
                 for _ in 0..CHUNKS {
                     if tokio::io::AsyncWriteExt::write_all(&mut peer.stream, &one).await.is_err() {
