@@ -489,12 +489,13 @@ impl Metrics {
     }
 
     /// The breaker of `upstream` is now in `state`: 0 closed, 1 open, 2 half-open.
-    pub fn breaker_state(&self, upstream: &str, state: u8) {
+    /// ([`BreakerState::as_metric`](crate::upstream::breaker::BreakerState::as_metric)).
+    pub fn breaker_state(&self, upstream: &str, state: impl Into<i64>) {
         self.breaker
             .get_or_create(&UpstreamLabel {
                 upstream: upstream.to_string(),
             })
-            .set(i64::from(state));
+            .set(state.into());
     }
 
     /// An exchange finished: counts it by route, upstream and status class and by outcome,

@@ -15,6 +15,23 @@
 //! everywhere (a bare LF or bare CR is an error), exactly CRLF after every payload, and trailer
 //! fields validated like header fields. Every size the peer controls is capped by [`Limits`].
 //!
+//! # Decisions
+//! - **Leading zeros** are allowed (`1*HEXDIG`) but bounded: a size's digits, leading zeros
+//!   included, are at most [`Limits::max_size_digits`] (64 by default). Without that bound a
+//!   peer could pad every one-byte chunk with thousands of zeros (each size line stays under
+//!   [`Limits::max_size_line`]) and make the reader buffer and scan kilobytes of framing per
+//!   payload byte. 64 is four times the 16 significant digits a size can have; real senders
+//!   use at most 16 (fixed-width sizes).
+//! - **Extensions** are bounded per line by the size-line limit and over the whole body by
+//!   [`Limits::max_extension_bytes`], which is what bounds a body of many small chunks that
+//!   each carry extensions. (A chunk of size zero is always the last chunk: there are no empty
+//!   chunks in the middle of a body to carry them.)
+//! - **Trailers** may repeat a field name (two `Set-Cookie`, two `X-Usage` fields): each is
+//!   kept, in order, as received. Fields that describe framing, routing, the request's
+//!   credentials, content format or connection handling are refused in a trailer (see
+//!   [`DecodeErrorKind::ForbiddenTrailer`]); `Set-Cookie` is not among them: an upstream may
+//!   send it in a trailer as it may in the head, and trailers are never merged into the head.
+//!
 //! # Work
 //! The decoder is resumable: every byte of a size line, extension or trailer is examined once,
 //! whatever the reads look like, and a payload is never scanned at all (only its length is
@@ -52,6 +69,7 @@ use tokio_util::codec::{Decoder, Encoder};
 pub struct Limits {
     max_chunk_size: u64,
     max_size_line: usize,
+    max_size_digits: usize,
     max_extension_bytes: u64,
     max_trailer_bytes: usize,
     max_trailer_fields: usize,
@@ -63,6 +81,8 @@ impl Limits {
     pub const DEFAULT_MAX_CHUNK_SIZE: u64 = 1 << 20;
     /// Default longest size line, extensions included, CRLF excluded: 4 KiB.
     pub const DEFAULT_MAX_SIZE_LINE: usize = 4 << 10;
+    /// Default most digits in a chunk size, leading zeros included: 64.
+    pub const DEFAULT_MAX_SIZE_DIGITS: usize = 64;
     /// Default total extension bytes over one body: 16 KiB.
     pub const DEFAULT_MAX_EXTENSION_BYTES: u64 = 16 << 10;
     /// Default largest trailer section, final CRLF included: 16 KiB.
@@ -83,6 +103,15 @@ impl Limits {
     /// [`Self::DEFAULT_MAX_SIZE_LINE`]). Past it: [`DecodeErrorKind::SizeLineTooLong`].
     pub fn max_size_line(mut self, bytes: usize) -> Self {
         self.max_size_line = bytes;
+        self
+    }
+
+    /// Most hex digits in a chunk size, leading zeros included (default
+    /// [`Self::DEFAULT_MAX_SIZE_DIGITS`]). Past it: [`DecodeErrorKind::TooManySizeDigits`],
+    /// raised at the first digit over the limit. At most 16 of the digits may be significant
+    /// whatever this limit ([`DecodeErrorKind::SizeOverflow`]).
+    pub fn max_size_digits(mut self, digits: usize) -> Self {
+        self.max_size_digits = digits;
         self
     }
 
@@ -124,6 +153,10 @@ impl Limits {
     pub fn size_line_limit(&self) -> usize {
         self.max_size_line
     }
+    /// See [`Limits::max_size_digits`].
+    pub fn size_digits_limit(&self) -> usize {
+        self.max_size_digits
+    }
     /// See [`Limits::max_extension_bytes`].
     pub fn extension_bytes_limit(&self) -> u64 {
         self.max_extension_bytes
@@ -147,6 +180,7 @@ impl Default for Limits {
         Limits {
             max_chunk_size: Self::DEFAULT_MAX_CHUNK_SIZE,
             max_size_line: Self::DEFAULT_MAX_SIZE_LINE,
+            max_size_digits: Self::DEFAULT_MAX_SIZE_DIGITS,
             max_extension_bytes: Self::DEFAULT_MAX_EXTENSION_BYTES,
             max_trailer_bytes: Self::DEFAULT_MAX_TRAILER_BYTES,
             max_trailer_fields: Self::DEFAULT_MAX_TRAILER_FIELDS,
@@ -184,6 +218,8 @@ pub enum DecodeErrorKind {
     InvalidSizeByte { found: u8 },
     /// More than 16 significant hex digits.
     SizeOverflow,
+    /// More hex digits in a size, leading zeros included, than [`Limits::max_size_digits`].
+    TooManySizeDigits { limit: usize },
     /// The declared chunk size is over [`Limits::max_chunk_size`].
     ChunkTooLarge { size: u64, limit: u64 },
     /// The body's payload would exceed [`Limits::max_body_size`].
@@ -262,6 +298,10 @@ impl fmt::Display for DecodeError {
             SizeOverflow => write!(
                 f,
                 "invalid chunk size line at byte {at}: size over 16 hex digits (overflow)"
+            ),
+            TooManySizeDigits { limit } => write!(
+                f,
+                "invalid chunk size line at byte {at}: more than {limit} hex digits, leading zeros included"
             ),
             ChunkTooLarge { size, limit } => write!(
                 f,
@@ -560,6 +600,11 @@ impl ChunkedDecoder {
             line = match line {
                 Line::FirstDigit | Line::Digits => match hex_value(b) {
                     Some(v) => {
+                        // Only digits precede this byte on the line: `len` counts them.
+                        if len > self.limits.max_size_digits {
+                            let limit = self.limits.max_size_digits;
+                            return Err(self.err(DecodeErrorKind::TooManySizeDigits { limit }, i));
+                        }
                         if size != 0 || v != 0 {
                             digits += 1;
                             if digits > 16 {
@@ -956,7 +1001,7 @@ static HEX_VALUES: [u8; 256] = {
 };
 
 /// A size line at the start of `bytes` that is 1 to 16 hex digits then CRLF, within the
-/// size-line and chunk-size limits: its declared size and digit count. `None` for anything
+/// size-line, size-digit and chunk-size limits: its declared size and digit count. `None` for anything
 /// else (extensions, a fault, a partial line, more than 16 digits), which the byte state
 /// machine then reads; it accepts every line this accepts, with the same size.
 #[inline(always)]
@@ -974,6 +1019,7 @@ fn plain_size_line(bytes: &[u8], limits: &Limits) -> Option<(u64, usize)> {
     if digits == 0
         || !matches!(bytes.get(digits..digits + 2), Some(b"\r\n"))
         || digits > limits.max_size_line
+        || digits > limits.max_size_digits
         || size > limits.max_chunk_size
     {
         return None;
@@ -995,8 +1041,10 @@ pub(crate) fn is_tchar(b: u8) -> bool {
         b'^' | b'_' | b'`' | b'|' | b'~' | b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z')
 }
 
-/// Fields that must not appear in a trailer section: message framing, routing, controls and
-/// hop-by-hop fields (RFC 9110 §6.5.1). Compared case-insensitively.
+/// Fields that must not appear in a trailer section: message framing, routing, request
+/// credentials, content format, controls and hop-by-hop fields (RFC 9110 §6.5.1). Compared
+/// case-insensitively. `Set-Cookie` is allowed (and may repeat): it changes nothing about how
+/// this message is framed, routed or authorised.
 const FORBIDDEN_TRAILERS: &[&[u8]] = &[
     b"content-length",
     b"transfer-encoding",
@@ -1012,7 +1060,6 @@ const FORBIDDEN_TRAILERS: &[&[u8]] = &[
     b"content-type",
     b"content-range",
     b"authorization",
-    b"set-cookie",
     b"cookie",
 ];
 
@@ -1265,6 +1312,68 @@ mod tests {
     }
 
     #[test]
+    fn decode_size_digits_limit_just_under_and_over() {
+        // 64 digits, leading zeros included, is the default most.
+        let mut at = vec![b'0'; 63];
+        at.extend_from_slice(b"3\r\nabc\r\n0\r\n\r\n");
+        assert_eq!(frames(&at).unwrap(), vec![data("abc"), Frame::End]);
+        let mut over = vec![b'0'; 64];
+        over.extend_from_slice(b"3\r\nabc\r\n0\r\n\r\n");
+        let e = frames(&over).unwrap_err();
+        assert_eq!(e.kind(), DecodeErrorKind::TooManySizeDigits { limit: 64 });
+        assert_eq!(e.offset(), 64);
+        assert!(!e.is_too_large());
+        assert_eq!(
+            e.to_string(),
+            "invalid chunk size line at byte 64: more than 64 hex digits, leading zeros included"
+        );
+        // The last chunk too.
+        let mut last = b"1\r\na\r\n".to_vec();
+        last.extend_from_slice(&[b'0'; 65]);
+        last.extend_from_slice(b"\r\n\r\n");
+        let e = frames(&last).unwrap_err();
+        assert_eq!(
+            (e.kind(), e.offset()),
+            (DecodeErrorKind::TooManySizeDigits { limit: 64 }, 6 + 64)
+        );
+        // A lower limit applies to plain size lines too (the one-step path).
+        let limits = Limits::default().max_size_digits(4);
+        assert_eq!(
+            decode_all(b"0003\r\nabc\r\n0000\r\n\r\n", limits).unwrap(),
+            vec![data("abc"), Frame::End]
+        );
+        for input in [
+            &b"00003\r\nabc\r\n0\r\n\r\n"[..],
+            b"10000\r\n",
+            b"00000;a\r\n",
+        ] {
+            let e = decode_all(input, limits).unwrap_err();
+            assert_eq!(
+                (e.kind(), e.offset()),
+                (DecodeErrorKind::TooManySizeDigits { limit: 4 }, 4),
+                "{input:?}"
+            );
+        }
+    }
+
+    /// A one-byte chunk padded with 4,000 leading zeros fitted the 4 KiB size-line limit, so a
+    /// body of such chunks made the reader hold and scan 4 KiB of framing per payload byte.
+    /// It is refused at the first digit over the limit.
+    #[test]
+    fn decode_refuses_size_lines_padded_with_thousands_of_zeros() {
+        let mut chunk = vec![b'0'; 4000];
+        chunk.extend_from_slice(b"1\r\nx\r\n");
+        let mut body = chunk.repeat(3);
+        body.extend_from_slice(b"0\r\n\r\n");
+        let mut dec = ChunkedDecoder::default();
+        let mut buf = BytesMut::from(&body[..]);
+        let e = dec.decode(&mut buf).unwrap_err();
+        assert_eq!(e.kind(), DecodeErrorKind::TooManySizeDigits { limit: 64 });
+        assert_eq!(e.offset(), 64);
+        assert_eq!(dec.chunks(), 0);
+    }
+
+    #[test]
     fn decode_sixteen_digits_then_overflow() {
         let limits = Limits::default().max_chunk_size(u64::MAX);
         // 16 significant digits is the most; the size is then refused by the (clamped) limit,
@@ -1476,6 +1585,46 @@ mod tests {
         );
     }
 
+    /// A body of many small chunks that each carry extensions is bounded by the per-body
+    /// extension budget, not by the per-line limit: 1,024 one-byte chunks with 16 extension
+    /// bytes each use exactly the default 16 KiB; one more extension byte anywhere is refused.
+    /// (A zero-size chunk is always the last one, so there are no empty chunks in between.)
+    #[test]
+    fn decode_many_small_chunks_with_extensions_hit_the_body_budget() {
+        let chunk: &[u8] = b"1;aaaaaaaaaaaaaaa\r\nx\r\n"; // 16 extension bytes, 22 in all
+        let budget = Limits::DEFAULT_MAX_EXTENSION_BYTES as usize;
+        assert_eq!(budget, 1024 * 16);
+        let mut at = chunk.repeat(1024);
+        at.extend_from_slice(b"0\r\n\r\n");
+        let out = frames(&at).unwrap();
+        assert_eq!(out.len(), 1025);
+        assert!(out[..1024].iter().all(|f| *f == data("x")));
+        let mut over = chunk.repeat(1025);
+        over.extend_from_slice(b"0\r\n\r\n");
+        let e = frames(&over).unwrap_err();
+        assert_eq!(
+            e.kind(),
+            DecodeErrorKind::ExtensionsTooLarge {
+                limit: Limits::DEFAULT_MAX_EXTENSION_BYTES
+            }
+        );
+        // The 16,385th extension byte: the `;` of the 1,025th chunk.
+        assert_eq!(e.offset(), 1024 * 22 + 1);
+        // The last chunk's extensions count against the same budget.
+        let mut last_at = chunk.repeat(1023);
+        last_at.extend_from_slice(b"0;aaaaaaaaaaaaaaa\r\n\r\n");
+        assert!(frames(&last_at).is_ok());
+        let mut last_over = chunk.repeat(1023);
+        last_over.extend_from_slice(b"0;aaaaaaaaaaaaaaaa\r\n\r\n");
+        assert_eq!(
+            frames(&last_over).unwrap_err().offset(),
+            1023 * 22 + 17,
+            "refused at the 16,385th extension byte"
+        );
+        // Each line is far below the size-line limit: that limit is not what stopped it.
+        assert!(chunk.len() < Limits::DEFAULT_MAX_SIZE_LINE);
+    }
+
     #[test]
     fn decode_body_limit_just_under_and_over() {
         let limits = Limits::default().max_body_size(Some(5));
@@ -1507,6 +1656,48 @@ mod tests {
                 ]),
                 Frame::End
             ]
+        );
+    }
+
+    #[test]
+    fn decode_trailers_may_repeat_a_name() {
+        let input = b"1\r\na\r\n0\r\nSet-Cookie: a=1; Path=/\r\nX-Usage: 1\r\n\
+            set-cookie: b=2\r\nx-usage: 2\r\n\r\n";
+        let fields = |pairs: &[(&'static str, &'static str)]| {
+            pairs
+                .iter()
+                .map(|(n, v)| Field {
+                    name: Bytes::from_static(n.as_bytes()),
+                    value: Bytes::from_static(v.as_bytes()),
+                })
+                .collect::<Vec<_>>()
+        };
+        let expect = fields(&[
+            ("Set-Cookie", "a=1; Path=/"),
+            ("X-Usage", "1"),
+            ("set-cookie", "b=2"),
+            ("x-usage", "2"),
+        ]);
+        let out = frames(input).unwrap();
+        assert_eq!(
+            out,
+            vec![data("a"), Frame::Trailers(expect.clone()), Frame::End]
+        );
+        // Both go out again, in order.
+        let mut wire = BytesMut::new();
+        ChunkedEncoder::new().encode_end(&expect, &mut wire);
+        assert_eq!(
+            &wire[..],
+            b"0\r\nSet-Cookie: a=1; Path=/\r\nX-Usage: 1\r\nset-cookie: b=2\r\nx-usage: 2\r\n\r\n"
+        );
+        // Framing and credential fields stay refused, repeated or not.
+        assert_eq!(
+            kind(b"0\r\nX-A: 1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n"),
+            DecodeErrorKind::ForbiddenTrailer
+        );
+        assert_eq!(
+            kind(b"0\r\nCookie: a=1\r\n\r\n"),
+            DecodeErrorKind::ForbiddenTrailer
         );
     }
 

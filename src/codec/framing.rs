@@ -7,6 +7,14 @@
 //! `Transfer-Encoding` fields, duplicate `Content-Length` fields (even equal ones), comma lists,
 //! signs and overflow are all refused rather than reconciled.
 //!
+//! One place where requests and responses differ on purpose: a response whose
+//! `Transfer-Encoding` does not end in `chunked` (`chunked, deflate`, `gzip`, an unknown coding
+//! such as `chunkedchunked`) is read until the connection closes, as RFC 9112 §6.3 rule 4 says,
+//! and flagged [`ResponseMeta::transfer_coded`]: its bytes are still transfer-coded, so they
+//! must not be forwarded as if they were the content. A request with such a field is refused
+//! (400), because a request cannot be delimited by a close (§6.3 rule 4, and the project's
+//! protocol rules 1-2).
+//!
 //! ```
 //! use bytes::BytesMut;
 //! use chunkgate::codec::framing::{request_meta, BodyFraming};
@@ -68,6 +76,12 @@ pub struct ResponseMeta {
     pub framing: BodyFraming,
     /// The upstream connection may be reused after this response.
     pub keep_alive: bool,
+    /// The body is read until close because its `Transfer-Encoding` does not end in
+    /// `chunked` (RFC 9112 §6.3 rule 4), so its bytes are still transfer-coded (`deflate`,
+    /// `gzip`, a coding nobody knows). Removing `Transfer-Encoding` and re-framing such a body
+    /// would hand the client coded bytes as if they were the content; `framing` is then
+    /// [`BodyFraming::Close`].
+    pub transfer_coded: bool,
 }
 
 /// What was wrong with a message's framing fields.
@@ -234,6 +248,26 @@ fn content_length<'a>(
     parse_content_length(first).map(Some)
 }
 
+/// Whether a `Transfer-Encoding` list ends in `chunked` (with or without parameters), after
+/// checking the list's syntax: every element a coding name (a token), parameters only after a
+/// `;`, at least one element.
+fn ends_in_chunked(value: &[u8]) -> Result<bool, FramingErrorKind> {
+    let mut last_chunked = None;
+    for element in list_elements(value) {
+        let name_end = element
+            .iter()
+            .position(|&b| !is_tchar(b))
+            .unwrap_or(element.len());
+        let (name, params) = element.split_at(name_end);
+        let params = trim_ows(params);
+        if name.is_empty() || (!params.is_empty() && params[0] != b';') {
+            return Err(FramingErrorKind::InvalidTransferEncoding);
+        }
+        last_chunked = Some(name.eq_ignore_ascii_case(b"chunked"));
+    }
+    last_chunked.ok_or(FramingErrorKind::InvalidTransferEncoding)
+}
+
 /// Check a `Transfer-Encoding` list: its final coding must be a bare `chunked` that appears
 /// once, and no other coding may be present.
 fn check_transfer_encoding(value: &[u8]) -> Result<(), FramingErrorKind> {
@@ -281,15 +315,24 @@ fn check_transfer_encoding(value: &[u8]) -> Result<(), FramingErrorKind> {
     Ok(())
 }
 
+/// Which message [`transfer_encoded`] looks at: rule 4 of RFC 9112 §6.3 differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Request,
+    Response,
+}
+
 /// RFC 9112 §6.3 steps 3-4 for a message that has `Transfer-Encoding` (`te_fields` fields, the
 /// first with value `te`): refused together with `Content-Length`, on HTTP/1.0 (§6.1), in
-/// several fields, or unless the final coding is `chunked` (the only one decoded).
+/// several fields, or with a broken list. A response whose final coding is not `chunked` is
+/// read until close (step 4); a request's must be `chunked` (the only coding decoded).
 fn transfer_encoded(
+    side: Side,
     version: Version,
     te_fields: usize,
     cl_fields: usize,
     te: &[u8],
-) -> Result<(), FramingErrorKind> {
+) -> Result<BodyFraming, FramingErrorKind> {
     use FramingErrorKind::*;
     if cl_fields > 0 {
         return Err(ContentLengthAndTransferEncoding);
@@ -300,7 +343,11 @@ fn transfer_encoded(
     if te_fields > 1 {
         return Err(MultipleTransferEncoding);
     }
-    check_transfer_encoding(te)
+    if side == Side::Response && !ends_in_chunked(te)? {
+        return Ok(BodyFraming::Close);
+    }
+    check_transfer_encoding(te)?;
+    Ok(BodyFraming::Chunked)
 }
 
 /// Decide how a request body is delimited, and whether the connection persists.
@@ -339,13 +386,15 @@ pub fn request_meta(head: &RequestHead) -> Result<RequestMeta, FramingError> {
     let framing = if te_fields > 0 {
         // Steps 3-4.
         let te = head.get("transfer-encoding").map_or(&[][..], |v| &v[..]);
-        if let Err(k) = transfer_encoded(head.version, te_fields, cl_fields, te) {
-            return fail(k);
-        }
+        let framing = match transfer_encoded(Side::Request, head.version, te_fields, cl_fields, te)
+        {
+            Ok(f) => f,
+            Err(k) => return fail(k),
+        };
         if no_body_method {
             return fail(BodyNotAllowed);
         }
-        BodyFraming::Chunked
+        framing
     } else {
         // Steps 5-7.
         match content_length(head.get_all("content-length")) {
@@ -408,9 +457,11 @@ fn keep_alive(version: Version, headers: &[Header]) -> bool {
 /// 2. A 2xx answer to CONNECT: chunkgate never sends CONNECT, so this is an error.
 /// 3. `Transfer-Encoding` with `Content-Length`: the RFC lets a client go by
 ///    `Transfer-Encoding`; strictly, an error.
-/// 4. `Transfer-Encoding` ending in `chunked`: chunked. Strictly: any other coding, a final
-///    coding other than `chunked` (the RFC would read until close), several fields, or
-///    `Transfer-Encoding` on HTTP/1.0 is an error.
+/// 4. `Transfer-Encoding` ending in `chunked`: chunked. A final coding other than `chunked`
+///    (`chunked, deflate`, `gzip`, `chunkedchunked`): read until close, as the RFC says, with
+///    [`ResponseMeta::transfer_coded`] set. Strictly: another coding before a final `chunked`
+///    (`gzip, chunked`), `chunked` repeated or with parameters, a broken list, several fields,
+///    or `Transfer-Encoding` on HTTP/1.0 is an error.
 /// 5. A `Content-Length` that is not exactly one `1*DIGIT` value: an error.
 /// 6. A valid `Content-Length`: that many bytes.
 /// 8. Otherwise: read until the connection closes.
@@ -439,12 +490,14 @@ pub fn response_meta(
         return Ok(ResponseMeta {
             framing: BodyFraming::None,
             keep_alive: conn_keep_alive,
+            transfer_coded: false,
         });
     }
     if request_method == b"HEAD" || status == 304 {
         return Ok(ResponseMeta {
             framing: BodyFraming::None,
             keep_alive: conn_keep_alive,
+            transfer_coded: false,
         });
     }
     // Step 2.
@@ -455,10 +508,10 @@ pub fn response_meta(
         // Steps 3-4.
         let te = head.get("transfer-encoding").map_or(&[][..], |v| &v[..]);
         let cl_fields = head.count("content-length");
-        if let Err(k) = transfer_encoded(head.version, te_fields, cl_fields, te) {
-            return fail(k);
+        match transfer_encoded(Side::Response, head.version, te_fields, cl_fields, te) {
+            Ok(f) => f,
+            Err(k) => return fail(k),
         }
-        BodyFraming::Chunked
     } else {
         // Steps 5, 6 and 8.
         match content_length(head.get_all("content-length")) {
@@ -470,6 +523,7 @@ pub fn response_meta(
     Ok(ResponseMeta {
         framing,
         keep_alive: conn_keep_alive && framing != BodyFraming::Close,
+        transfer_coded: te_fields > 0 && framing == BodyFraming::Close,
     })
 }
 
@@ -531,6 +585,8 @@ mod tests {
             (format!("POST / HTTP/1.1\r\n{h}Transfer-Encoding: , chunked ,\r\n"), Ok((Chunked, true, false))),
             (format!("POST / HTTP/1.1\r\n{h}Transfer-Encoding: chunked, gzip\r\n"), Err((ChunkedNotLast, 400))),
             (format!("POST / HTTP/1.1\r\n{h}Transfer-Encoding: gzip\r\n"), Err((ChunkedNotLast, 400))),
+            (format!("POST / HTTP/1.1\r\n{h}Transfer-Encoding: chunked, deflate\r\n"), Err((ChunkedNotLast, 400))),
+            (format!("POST / HTTP/1.1\r\n{h}Transfer-Encoding: chunkedchunked\r\n"), Err((ChunkedNotLast, 400))),
             (format!("POST / HTTP/1.1\r\n{h}Transfer-Encoding: chunked, chunked\r\n"), Err((ChunkedRepeated, 400))),
             (format!("POST / HTTP/1.1\r\n{h}Transfer-Encoding: chunked;q=1\r\n"), Err((ChunkedWithParams, 400))),
             (format!("POST / HTTP/1.1\r\n{h}Transfer-Encoding: chunked ; a=b\r\n"), Err((ChunkedWithParams, 400))),
@@ -647,10 +703,11 @@ mod tests {
                 "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n",
                 Err(ContentLengthAndTransferEncoding),
             ),
+            // Rule 4: a final coding other than chunked is read until close.
             (
                 "POST",
                 "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n",
-                Err(ChunkedNotLast),
+                Ok((Close, false)),
             ),
             (
                 "POST",
@@ -726,6 +783,77 @@ mod tests {
             });
             assert_eq!(got, *expect, "{method} {head:?}");
         }
+    }
+
+    /// RFC 9112 §6.3 rule 4: a response whose final transfer coding is not `chunked` is read
+    /// until close (it used to be refused with 502), flagged as still transfer-coded. What is
+    /// broken besides stays an error, and requests keep rules 1-2 (see `request_meta_table`).
+    #[test]
+    fn response_meta_final_coding_not_chunked_is_close_delimited() {
+        for te in [
+            "chunked, deflate",
+            "chunkedchunked",
+            "gzip",
+            "x-unknown",
+            "deflate;q=1",
+            "chunked, chunked, gzip",
+            "chunked;a=b, gzip",
+            "gzip, chunked, br",
+        ] {
+            for conn in ["", "Connection: keep-alive\r\n"] {
+                let head = format!("HTTP/1.1 200 OK\r\n{conn}Transfer-Encoding: {te}\r\n");
+                let m = response("POST", &head).unwrap_or_else(|e| panic!("{te}: {e}"));
+                assert_eq!(
+                    (m.framing, m.keep_alive, m.transfer_coded),
+                    (Close, false, true),
+                    "{te}"
+                );
+            }
+        }
+        let rows: &[(&str, FramingErrorKind)] = &[
+            (
+                "Transfer-Encoding: gzip, chunked\r\n",
+                UnsupportedTransferCoding,
+            ),
+            ("Transfer-Encoding: chunked, chunked\r\n", ChunkedRepeated),
+            (
+                "Transfer-Encoding: gzip, chunked;q=1\r\n",
+                ChunkedWithParams,
+            ),
+            ("Transfer-Encoding: \"gzip\"\r\n", InvalidTransferEncoding),
+            (
+                "Transfer-Encoding: gzip, \"x\"\r\n",
+                InvalidTransferEncoding,
+            ),
+            ("Transfer-Encoding: ,\r\n", InvalidTransferEncoding),
+            (
+                "Transfer-Encoding: gzip\r\nContent-Length: 5\r\n",
+                ContentLengthAndTransferEncoding,
+            ),
+            (
+                "Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n",
+                MultipleTransferEncoding,
+            ),
+        ];
+        for (fields, kind) in rows {
+            let e = response("POST", &format!("HTTP/1.1 200 OK\r\n{fields}")).unwrap_err();
+            assert_eq!((e.kind(), e.status()), (*kind, 502), "{fields:?}");
+        }
+        let e = response("POST", "HTTP/1.0 200 OK\r\nTransfer-Encoding: gzip\r\n").unwrap_err();
+        assert_eq!(e.kind(), TransferEncodingOnHttp10);
+        // No body at all still wins over any coding (HEAD, 304), and 1xx/204 stay strict.
+        let m = response("HEAD", "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n").unwrap();
+        assert_eq!((m.framing, m.transfer_coded), (None, false));
+        let e = response(
+            "GET",
+            "HTTP/1.1 204 No Content\r\nTransfer-Encoding: gzip\r\n",
+        );
+        assert_eq!(e.unwrap_err().kind(), UnexpectedResponseBody);
+        // Plain chunked and plain close-delimited responses are not transfer-coded.
+        let m = response("POST", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n").unwrap();
+        assert_eq!((m.framing, m.transfer_coded), (Chunked, false));
+        let m = response("POST", "HTTP/1.1 200 OK\r\n").unwrap();
+        assert_eq!((m.framing, m.transfer_coded), (Close, false));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The sans-IO protocol core: chunked coding, message heads and framing decisions.
+//! The sans-IO protocol core: chunked coding, message heads, framing decisions and the
+//! request-target path policy.
 //!
 //! Nothing here touches a socket, a clock or a task; the async code elsewhere drives it.
 
@@ -6,6 +7,8 @@ pub mod chunked;
 pub mod framing;
 pub mod head;
 pub mod oracle;
+pub mod path;
+pub mod sse;
 
 /// A byte shown in an error message: printable ASCII quoted, CR/LF/HTAB escaped, the rest hex.
 pub(crate) struct ByteDisplay(pub(crate) u8);

@@ -1,5 +1,5 @@
-//! Test oracles for the chunked codec, shared by the fuzz targets, the seed-replay tests and the
-//! property tests.
+//! Test oracles for the chunked codec and the request head parser, shared by the fuzz targets,
+//! the seed-replay tests and the property tests.
 //!
 //! The functions here panic (through `assert!`) when the codec breaks one of its promises; a
 //! panic is the intended oracle failure, reported by the fuzzer or the test harness. They are
@@ -17,6 +17,11 @@
 //!   ([`DecodeErrorKind::ForbiddenTrailer`]), a policy the grammar does not know.
 //! - **Round trip.** Decoding what [`ChunkedEncoder`] wrote gives back the non-empty payloads,
 //!   one frame each, then the trailers and [`Frame::End`], and leaves the following bytes alone.
+//! - **Request heads, split invariance.** [`RequestParser`] run over the same bytes in any
+//!   reads gives the same heads (pipelined ones included), the same error kind and offset, and
+//!   the same bytes left over; every head it accepts has an origin-form or `*` target, an
+//!   authority (absolute-form) that matches `Host`, and a target the path policy
+//!   ([`normalize_target`]) answers without panicking, idempotently.
 //!
 //! ```
 //! use chunkgate::codec::oracle::{check_decode_split_invariance, check_roundtrip};
@@ -30,6 +35,8 @@ use bytes::{Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 use super::chunked::{ChunkedDecoder, ChunkedEncoder, DecodeErrorKind, Field, Frame, Limits, CRLF};
+use super::head::{HeadErrorKind, HeadLimits, RequestHead, RequestParser};
+use super::path::{normalize_target, PathOptions};
 
 /// Everything a decoder run decided about one input.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -294,7 +301,7 @@ fn reference_decode(data: &[u8], limits: Limits) -> Option<Reference> {
             return None;
         }
         let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-        if digits == 0 {
+        if digits == 0 || digits > limits.size_digits_limit() {
             return None;
         }
         let size = hex_to_u64(&line[..digits])?;
@@ -525,6 +532,140 @@ pub fn split_pattern_for(data: &[u8]) -> [u8; 8] {
     h.to_le_bytes()
 }
 
+/// Everything a request-parser run decided about one input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeadVerdict {
+    /// The heads parsed, in order (the bytes after a head are parsed as the next request).
+    pub heads: Vec<RequestHead>,
+    /// The error that stopped the run, with its offset, if any.
+    pub error: Option<(HeadErrorKind, usize)>,
+    /// Bytes left in the buffer at the end (empty after an error).
+    pub rest: Vec<u8>,
+}
+
+/// Most heads one run parses; past it the run stops (fuzz inputs are small anyway).
+const MAX_HEADS: usize = 256;
+
+/// Run a [`RequestParser`] over `data` delivered in reads of the sizes in `reads` (as in
+/// [`decode_in_reads`]: taken in turn and repeated, 0 counts as 1, empty means one read of
+/// everything). After every read it parses until `Ok(None)` or an error; each parsed head's
+/// remaining bytes are parsed as the next request.
+pub fn parse_requests_in_reads(data: &[u8], reads: &[usize], limits: HeadLimits) -> HeadVerdict {
+    let mut parser = RequestParser::new(limits);
+    let mut buf = BytesMut::new();
+    let mut heads = Vec::new();
+    let mut fed = 0usize;
+    let mut sizes = reads.iter().copied().cycle();
+    loop {
+        loop {
+            if heads.len() == MAX_HEADS {
+                return HeadVerdict {
+                    heads,
+                    error: None,
+                    rest: buf.to_vec(),
+                };
+            }
+            match parser.parse(&mut buf) {
+                Ok(Some(head)) => heads.push(head),
+                Ok(None) => break,
+                Err(e) => {
+                    return HeadVerdict {
+                        heads,
+                        error: Some((e.kind(), e.offset())),
+                        rest: Vec::new(),
+                    }
+                }
+            }
+        }
+        if fed == data.len() {
+            return HeadVerdict {
+                heads,
+                error: None,
+                rest: buf.to_vec(),
+            };
+        }
+        let n = if reads.is_empty() {
+            data.len()
+        } else {
+            sizes.next().unwrap_or(1).max(1)
+        };
+        let n = n.min(data.len() - fed);
+        buf.extend_from_slice(&data[fed..fed + n]);
+        fed += n;
+    }
+}
+
+/// Small limits, so fuzz inputs reach every cap.
+const SMALL_HEAD_LIMITS: HeadLimits = HeadLimits {
+    max_head_bytes: 256,
+    max_headers: 6,
+    max_request_line: 64,
+    max_leading_empty_lines: 2,
+};
+
+/// Parse `data` as requests whole, one byte per read, in two reads cut at a point chosen by
+/// `splits`, and in reads whose lengths come from `splits`, under the default limits and under
+/// small ones; assert the verdicts agree, and check every accepted head (see the module docs).
+///
+/// Panics (the oracle failure) on any difference.
+pub fn check_request_head_split_invariance(data: &[u8], splits: &[u8]) {
+    for limits in [HeadLimits::default(), SMALL_HEAD_LIMITS] {
+        let whole = parse_requests_in_reads(data, &[], limits);
+        let bytewise = parse_requests_in_reads(data, &[1], limits);
+        assert_eq!(
+            whole, bytewise,
+            "verdict differs: whole vs one byte per read"
+        );
+        let cut = match splits {
+            [a, b, ..] => usize::from(u16::from_le_bytes([*a, *b])) % (data.len() + 1),
+            [a] => usize::from(*a) % (data.len() + 1),
+            [] => data.len() / 2,
+        };
+        let two = parse_requests_in_reads(data, &[cut, usize::MAX], limits);
+        assert_eq!(
+            whole, two,
+            "verdict differs: whole vs two reads cut at {cut}"
+        );
+        if !splits.is_empty() {
+            let reads = pattern_reads(splits);
+            let patterned = parse_requests_in_reads(data, &reads, limits);
+            assert_eq!(
+                whole, patterned,
+                "verdict differs: whole vs reads {reads:?}"
+            );
+        }
+        for head in &whole.heads {
+            check_request_head(head);
+        }
+    }
+}
+
+/// What every accepted request head promises.
+fn check_request_head(head: &RequestHead) {
+    let target = &head.target;
+    assert!(
+        &target[..] == b"*" || target.first() == Some(&b'/'),
+        "target not origin-form or '*': {target:?}"
+    );
+    if &target[..] == b"*" {
+        assert_eq!(head.method, "OPTIONS", "asterisk-form with another method");
+    }
+    if let (Some(authority), Some(host)) = (&head.target_authority, head.get("host")) {
+        assert!(
+            authority.eq_ignore_ascii_case(host),
+            "absolute-form authority {authority:?} differs from Host {host:?}"
+        );
+    }
+    for allow_params in [false, true] {
+        let opts = PathOptions { allow_params };
+        if let Ok(t) = normalize_target(target, opts) {
+            let again = normalize_target(&t.to_bytes(), opts)
+                .expect("a normalised target is accepted again");
+            assert_eq!(again, t, "normalising {target:?} twice changed it");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -573,6 +714,24 @@ mod tests {
             rest: Vec::new(),
         };
         check_against_grammar(b"3\r\nabc\r\n0\r\n\r\n", &wrong, Limits::default());
+    }
+
+    #[test]
+    fn request_parse_runs_continue_after_a_head_and_stop_at_an_error() {
+        let two = b"POST /a HTTP/1.1\r\nHost: h\r\n\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\nGE";
+        for reads in [&[][..], &[1], &[7, 3]] {
+            let v = parse_requests_in_reads(two, reads, HeadLimits::default());
+            let targets: Vec<_> = v.heads.iter().map(|h| h.target.clone()).collect();
+            assert_eq!(targets, ["/a", "/b"], "{reads:?}");
+            assert_eq!((v.error, &v.rest[..]), (None, &b"GE"[..]), "{reads:?}");
+        }
+        let v = parse_requests_in_reads(
+            b"GET / HTTP/1.1\nHost: h\r\n\r\n",
+            &[],
+            HeadLimits::default(),
+        );
+        assert_eq!(v.error, Some((HeadErrorKind::BareLf, 14)));
+        check_request_head_split_invariance(two, &[5, 0, 2]);
     }
 
     #[test]

@@ -13,6 +13,9 @@ use bytes::{BufMut, BytesMut};
 use crate::codec::chunked::DecodeError;
 use crate::codec::framing::FramingError;
 use crate::codec::head::HeadError;
+use crate::codec::path::PathError;
+use crate::logging::Outcome;
+use crate::proxy::body::{ReadError, WriteError};
 use crate::upstream::connect::ConnectError;
 
 /// Everything that can end an exchange early.
@@ -32,6 +35,12 @@ pub enum ExchangeError {
     ClientHeadTimeout,
     /// No request bytes for the stream-idle timeout while reading the body.
     ClientBodyTimeout,
+    /// The target's path is refused by the path policy (`codec::path`), or a route's
+    /// rewrite would leave its prefix.
+    ClientPath(PathError),
+    /// An absolute-form target for an authority that is not this proxy's (a request meant
+    /// for a forward proxy).
+    ForeignAuthority,
     /// No route matches the path.
     NoRoute,
     /// The route requires a bearer token and none or a wrong one was given.
@@ -56,6 +65,12 @@ pub enum ExchangeError {
     TotalTimeout,
     /// The upstream is at its connection cap and no slot freed in time.
     PoolExhausted,
+    /// The upstream's response body broke after the response started.
+    UpstreamBroke(ReadError),
+    /// Writing the response to the client failed or stalled.
+    ClientWrite(WriteError),
+    /// The drain deadline passed while the exchange was still running.
+    Shutdown,
 }
 
 impl ExchangeError {
@@ -71,6 +86,9 @@ impl ExchangeError {
             ClientGone => "client_gone",
             ClientHeadTimeout => "client_head_timeout",
             ClientBodyTimeout => "client_body_timeout",
+            ClientPath(e) if e.status() >= 500 => "rewrite_outside_prefix",
+            ClientPath(_) => "bad_request_path",
+            ForeignAuthority => "foreign_authority",
             NoRoute => "no_route",
             Unauthorized => "unauthorized",
             BreakerOpen { .. } => "breaker_open",
@@ -84,7 +102,79 @@ impl ExchangeError {
             UpstreamSwitched => "unexpected_upgrade",
             TotalTimeout => "total_timeout",
             PoolExhausted => "upstream_connection_limit",
+            UpstreamBroke(ReadError::Idle) => "stream_idle_timeout",
+            UpstreamBroke(_) => "upstream_broke",
+            ClientWrite(WriteError::Stalled) => "client_write_stall",
+            ClientWrite(WriteError::Io(_)) => "client_gone",
+            Shutdown => "shutdown",
         }
+    }
+
+    /// A request body that could not be read: bad framing, too slow, or cut.
+    pub fn client_body(e: ReadError) -> ExchangeError {
+        match e {
+            ReadError::Decode(d) => ExchangeError::ClientBody(d),
+            ReadError::Idle => ExchangeError::ClientBodyTimeout,
+            ReadError::Eof | ReadError::Io(_) => ExchangeError::ClientGone,
+        }
+    }
+
+    /// How an exchange that ended with this error is recorded: the one mapping, used by the
+    /// access log and the outcome counter.
+    pub fn outcome(&self) -> Outcome {
+        use ExchangeError::*;
+        match self {
+            ClientHead(_)
+            | ClientFraming(_)
+            | ClientBody(_)
+            | ClientBodyTooLarge { .. }
+            | ClientPath(_)
+            | ForeignAuthority
+            | NoRoute
+            | Unauthorized
+            | BreakerOpen { .. }
+            | PoolExhausted => Outcome::Rejected(self.reason()),
+            ClientGone | ClientWrite(WriteError::Io(_)) => Outcome::ClientGone,
+            ClientHeadTimeout => Outcome::Timeout("client_head"),
+            ClientBodyTimeout => Outcome::Timeout("client_body"),
+            Connect(e) if e.is_timeout() => Outcome::Timeout("connect"),
+            UpstreamHeadTimeout => Outcome::Timeout("response_head"),
+            TotalTimeout => Outcome::Timeout("total"),
+            UpstreamBroke(ReadError::Idle) => Outcome::Timeout("stream_idle"),
+            ClientWrite(WriteError::Stalled) => Outcome::Timeout("client_write_stall"),
+            Connect(_) | UpstreamIo(_) | UpstreamClosed | UpstreamHead(_) | UpstreamFraming(_)
+            | UpstreamSwitched => Outcome::UpstreamError,
+            UpstreamBroke(_) => Outcome::UpstreamBroke,
+            Shutdown => Outcome::Shutdown,
+        }
+    }
+
+    /// The message the client reads. Faults of the client's own request say what was wrong;
+    /// faults on the upstream side say only what kind of failure it was, never an address,
+    /// a group name or the upstream's bytes (those go to the log, under the same request id).
+    pub fn client_message(&self) -> std::borrow::Cow<'static, str> {
+        use ExchangeError::*;
+        match self {
+            BreakerOpen { .. } => {
+                "every upstream for this route is failing; try again later".into()
+            }
+            Connect(e) if e.is_timeout() => "connecting to the upstream timed out".into(),
+            Connect(_) => "the upstream could not be reached".into(),
+            UpstreamIo(_) | UpstreamClosed => "the upstream failed before answering".into(),
+            UpstreamHead(_) | UpstreamFraming(_) | UpstreamSwitched => {
+                "the upstream sent an invalid response".into()
+            }
+            UpstreamBroke(_) => "the upstream's response broke off".into(),
+            _ => self.to_string().into(),
+        }
+    }
+
+    /// Whether the client can still be told: a client that is gone gets no answer.
+    pub fn answerable(&self) -> bool {
+        !matches!(
+            self,
+            ExchangeError::ClientGone | ExchangeError::ClientWrite(_)
+        )
     }
 
     /// The answer for the client: status, OpenAI error `type`, `code`. The one mapping.
@@ -102,6 +192,9 @@ impl ExchangeError {
             ClientHeadTimeout | ClientBodyTimeout => {
                 (408, "invalid_request_error", "request_timeout")
             }
+            ClientPath(e) if e.status() >= 500 => (500, "server_error", "internal_error"),
+            ClientPath(_) => (400, "invalid_request_error", "bad_request"),
+            ForeignAuthority => (400, "invalid_request_error", "misdirected_request"),
             NoRoute => (404, "invalid_request_error", "not_found"),
             Unauthorized => (401, "authentication_error", "unauthorized"),
             BreakerOpen { .. } => (503, "upstream_error", "upstream_unavailable"),
@@ -111,6 +204,10 @@ impl ExchangeError {
             UpstreamIo(_) | UpstreamClosed | UpstreamHead(_) | UpstreamFraming(_)
             | UpstreamSwitched => (502, "upstream_error", "bad_gateway"),
             UpstreamHeadTimeout | TotalTimeout => (504, "timeout_error", "gateway_timeout"),
+            // Only before the response started; after, the stream is cut instead.
+            UpstreamBroke(_) => (502, "upstream_error", "bad_gateway"),
+            ClientWrite(_) => (400, "invalid_request_error", "bad_request"),
+            Shutdown => (503, "upstream_error", "shutting_down"),
         }
     }
 }
@@ -145,6 +242,10 @@ impl fmt::Display for ExchangeError {
                 f.write_str("the request head did not arrive within the head-read timeout")
             }
             ClientBodyTimeout => f.write_str("the client sent no request body bytes within the idle timeout"),
+            ClientPath(e) => write!(f, "bad request path: {e}"),
+            ForeignAuthority => f.write_str(
+                "an absolute-form target for another host: this is a reverse proxy, not a forward proxy",
+            ),
             NoRoute => f.write_str("no route matches this path"),
             Unauthorized => f.write_str("missing or invalid bearer token"),
             BreakerOpen { group } => write!(
@@ -164,54 +265,56 @@ impl fmt::Display for ExchangeError {
                 "the upstream is at its connection limit and no connection freed in time; try again later",
             ),
             UpstreamSwitched => f.write_str("the upstream switched protocols without being asked"),
+            UpstreamBroke(e) => write!(f, "the upstream's response body broke: {e}"),
+            ClientWrite(WriteError::Stalled) => {
+                f.write_str("the client stopped reading within the write-stall timeout")
+            }
+            ClientWrite(WriteError::Io(e)) => write!(f, "writing to the client failed: {e}"),
+            Shutdown => f.write_str("chunkgate is shutting down"),
         }
     }
 }
 
 impl std::error::Error for ExchangeError {}
 
-/// Write a whole error response (head and JSON body) to `dst`. The connection is to be
-/// closed after it when `close` is true.
-// The answer's parts are all plain values the caller already has; a builder would only rename them.
-#[allow(clippy::too_many_arguments)]
-pub fn write_error_response(
-    status: u16,
-    kind: &str,
-    code: &str,
-    message: &str,
-    request_id: &[u8],
-    close: bool,
-    extra: &[(&str, &str)],
-    dst: &mut BytesMut,
-) {
-    let body = serde_json::json!({
-        "error": { "message": message, "type": kind, "code": code }
-    })
-    .to_string();
-    dst.reserve(256 + body.len());
-    dst.put_slice(b"HTTP/1.1 ");
-    dst.put_slice(status.to_string().as_bytes());
-    dst.put_u8(b' ');
-    dst.put_slice(reason_phrase(status).as_bytes());
-    dst.put_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
-    dst.put_slice(body.len().to_string().as_bytes());
-    dst.put_slice(b"\r\n");
-    if !request_id.is_empty() {
-        dst.put_slice(b"x-request-id: ");
-        dst.put_slice(request_id);
+impl ExchangeError {
+    /// Write this error's whole answer (head and OpenAI-style JSON body) to `dst`, with
+    /// `Connection: close`: the connection closes after it. `extra` fields follow the
+    /// request id.
+    pub fn write_answer(&self, request_id: &[u8], extra: &[(&str, &str)], dst: &mut BytesMut) {
+        let (status, kind, code) = self.answer();
+        let mut message = self.client_message().into_owned();
+        if !request_id.is_empty() {
+            message.push_str(" (request id ");
+            message.push_str(&String::from_utf8_lossy(request_id));
+            message.push(')');
+        }
+        let body = serde_json::json!({
+            "error": { "message": message, "type": kind, "code": code }
+        })
+        .to_string();
+        dst.reserve(256 + body.len());
+        dst.put_slice(b"HTTP/1.1 ");
+        dst.put_slice(status.to_string().as_bytes());
+        dst.put_u8(b' ');
+        dst.put_slice(reason_phrase(status).as_bytes());
+        dst.put_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
+        dst.put_slice(body.len().to_string().as_bytes());
         dst.put_slice(b"\r\n");
+        if !request_id.is_empty() {
+            dst.put_slice(b"x-request-id: ");
+            dst.put_slice(request_id);
+            dst.put_slice(b"\r\n");
+        }
+        for (k, v) in extra {
+            dst.put_slice(k.as_bytes());
+            dst.put_slice(b": ");
+            dst.put_slice(v.as_bytes());
+            dst.put_slice(b"\r\n");
+        }
+        dst.put_slice(b"connection: close\r\n\r\n");
+        dst.put_slice(body.as_bytes());
     }
-    for (k, v) in extra {
-        dst.put_slice(k.as_bytes());
-        dst.put_slice(b": ");
-        dst.put_slice(v.as_bytes());
-        dst.put_slice(b"\r\n");
-    }
-    if close {
-        dst.put_slice(b"connection: close\r\n");
-    }
-    dst.put_slice(b"\r\n");
-    dst.put_slice(body.as_bytes());
 }
 
 /// The standard reason phrase of the statuses chunkgate itself sends.
@@ -244,25 +347,24 @@ mod tests {
     #[test]
     fn error_response_is_openai_json() {
         let mut out = BytesMut::new();
-        write_error_response(
-            502,
-            "upstream_error",
-            "bad_gateway",
-            "upstream \"x\" refused",
+        ExchangeError::UpstreamClosed.write_answer(
             b"abc",
-            true,
-            &[],
+            &[("x-chunkgate-retries", "2")],
             &mut out,
         );
         let text = String::from_utf8(out.to_vec()).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 502 Bad Gateway\r\n"));
         assert!(head.contains("connection: close"));
+        assert!(head.contains("x-request-id: abc\r\nx-chunkgate-retries: 2\r\n"));
         assert!(head.contains(&format!("content-length: {}", body.len())));
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(v["error"]["type"], "upstream_error");
         assert_eq!(v["error"]["code"], "bad_gateway");
-        assert_eq!(v["error"]["message"], "upstream \"x\" refused");
+        assert_eq!(
+            v["error"]["message"],
+            "the upstream failed before answering (request id abc)"
+        );
     }
 
     #[test]
@@ -283,5 +385,95 @@ mod tests {
             ExchangeError::ClientBodyTooLarge { limit: 1 }.answer().0,
             413
         );
+    }
+
+    #[test]
+    fn outcomes_follow_the_table() {
+        use crate::codec::head::{HeadLimits, RequestParser};
+        use std::io;
+        let bad_head = RequestParser::new(HeadLimits::default())
+            .parse(&mut BytesMut::from(&b"GET / HTTP/1.1\n\n"[..]))
+            .expect_err("a bare LF is refused");
+        let io_err = || io::Error::from(io::ErrorKind::ConnectionReset);
+        let rows: Vec<(ExchangeError, Outcome)> = vec![
+            (
+                ExchangeError::ClientHead(bad_head),
+                Outcome::Rejected("bad_request_head"),
+            ),
+            (ExchangeError::NoRoute, Outcome::Rejected("no_route")),
+            (
+                ExchangeError::Unauthorized,
+                Outcome::Rejected("unauthorized"),
+            ),
+            (
+                ExchangeError::ClientBodyTooLarge { limit: 1 },
+                Outcome::Rejected("request_body_too_large"),
+            ),
+            (
+                ExchangeError::BreakerOpen { group: "g".into() },
+                Outcome::Rejected("breaker_open"),
+            ),
+            (
+                ExchangeError::PoolExhausted,
+                Outcome::Rejected("upstream_connection_limit"),
+            ),
+            (ExchangeError::ClientGone, Outcome::ClientGone),
+            (
+                ExchangeError::ClientWrite(WriteError::Io(io_err())),
+                Outcome::ClientGone,
+            ),
+            (
+                ExchangeError::ClientWrite(WriteError::Stalled),
+                Outcome::Timeout("client_write_stall"),
+            ),
+            (
+                ExchangeError::ClientHeadTimeout,
+                Outcome::Timeout("client_head"),
+            ),
+            (
+                ExchangeError::ClientBodyTimeout,
+                Outcome::Timeout("client_body"),
+            ),
+            (
+                ExchangeError::UpstreamHeadTimeout,
+                Outcome::Timeout("response_head"),
+            ),
+            (ExchangeError::TotalTimeout, Outcome::Timeout("total")),
+            (ExchangeError::UpstreamIo(io_err()), Outcome::UpstreamError),
+            (ExchangeError::UpstreamClosed, Outcome::UpstreamError),
+            (ExchangeError::UpstreamSwitched, Outcome::UpstreamError),
+            (
+                ExchangeError::UpstreamBroke(ReadError::Eof),
+                Outcome::UpstreamBroke,
+            ),
+            (
+                ExchangeError::UpstreamBroke(ReadError::Idle),
+                Outcome::Timeout("stream_idle"),
+            ),
+            (ExchangeError::Shutdown, Outcome::Shutdown),
+        ];
+        for (err, want) in rows {
+            assert_eq!(err.outcome(), want, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn a_client_that_is_gone_gets_no_answer() {
+        assert!(!ExchangeError::ClientGone.answerable());
+        assert!(!ExchangeError::ClientWrite(WriteError::Stalled).answerable());
+        assert!(ExchangeError::NoRoute.answerable());
+        assert!(ExchangeError::UpstreamClosed.answerable());
+    }
+
+    #[test]
+    fn client_body_errors_say_whose_fault() {
+        assert!(matches!(
+            ExchangeError::client_body(ReadError::Idle),
+            ExchangeError::ClientBodyTimeout
+        ));
+        assert!(matches!(
+            ExchangeError::client_body(ReadError::Eof),
+            ExchangeError::ClientGone
+        ));
     }
 }

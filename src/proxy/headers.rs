@@ -23,6 +23,7 @@
 //! `Authorization` and `x-api-key` values are copied into the forwarded head and nowhere else.
 //! An injected field replaces every client field of the same name.
 
+use crate::codec::chunked::Field;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::codec::framing::BodyFraming;
@@ -147,6 +148,36 @@ fn trim_ows(mut v: &[u8]) -> &[u8] {
     v
 }
 
+/// True for a client field chunkgate sets itself or refuses to pass on: routing and
+/// expectations it handles, claims about earlier hops, the request id, injected names, and
+/// `Authorization` on a route that checked it.
+fn is_replaced(name: &[u8], inject: &[(String, String)], drop_authorization: bool) -> bool {
+    is_listed(name, REQUEST_REPLACED)
+        || starts_with_ignore_case(name, b"x-forwarded-")
+        || (drop_authorization && name.eq_ignore_ascii_case(b"authorization"))
+        || inject
+            .iter()
+            .any(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// Keep only the client trailer fields that may reach the upstream: the rules of the head
+/// apply (no hop-by-hop or `Proxy-*` field, nothing chunkgate sets or injects), and a name
+/// with `_` is dropped (some servers read `_` as `-`, so it could stand for a name that was
+/// just refused).
+pub fn filter_request_trailers(
+    trailers: &mut Vec<Field>,
+    inject: &[(String, String)],
+    drop_authorization: bool,
+) {
+    trailers.retain(|f| {
+        let name = &f.name[..];
+        !(is_listed(name, HOP_BY_HOP)
+            || starts_with_ignore_case(name, b"proxy-")
+            || name.contains(&b'_')
+            || is_replaced(name, inject, drop_authorization))
+    });
+}
+
 /// True for a field that never crosses the proxy in either direction.
 fn is_hop_by_hop(connection: &Connection<'_>, name: &[u8]) -> bool {
     is_listed(name, HOP_BY_HOP)
@@ -231,14 +262,7 @@ pub fn write_request_head(
     let connection = Connection::of(&head.headers);
     for h in &head.headers {
         let name = &h.name[..];
-        if is_hop_by_hop(&connection, name)
-            || is_listed(name, REQUEST_REPLACED)
-            || starts_with_ignore_case(name, b"x-forwarded-")
-            || (ctx.drop_authorization && name.eq_ignore_ascii_case(b"authorization"))
-            || ctx
-                .inject
-                .iter()
-                .any(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name))
+        if is_hop_by_hop(&connection, name) || is_replaced(name, ctx.inject, ctx.drop_authorization)
         {
             continue;
         }

@@ -1,16 +1,19 @@
-//! Routes: longest path prefix wins; the path is rewritten and the upstream's own path prefix
-//! put in front; a route may require a bearer token and inject headers.
+//! Routes: longest path prefix wins, matched on the normalised path (`codec::path`),
+//! case-sensitively; the path is rewritten and the upstream's own path prefix put in front,
+//! and the result checked to stay under that prefix; a route may require a bearer token and
+//! inject headers.
 
 use std::sync::Arc;
 
-use bytes::{BufMut, BytesMut};
-
+use crate::codec::path::{check_prefix, NormalTarget, PathError};
 use crate::config::RouteConfig;
 
 /// A route ready for matching.
 #[derive(Debug)]
 pub struct Route {
     pub prefix: String,
+    /// The route's place in the proxy's list.
+    pub index: usize,
     pub group: usize,
     pub name: Arc<str>,
     pub strip_prefix: bool,
@@ -20,47 +23,72 @@ pub struct Route {
 }
 
 impl Route {
-    pub fn new(cfg: &RouteConfig, group: usize) -> Route {
-        Route {
+    /// The route of `cfg`, at `index` in the proxy's list, sending to group `group`. Its
+    /// prefixes must be normal paths (`codec::path::check_prefix`): another spelling could
+    /// never match a normalised path, or would join into one that is not normal.
+    pub fn new(cfg: &RouteConfig, index: usize, group: usize) -> Result<Route, String> {
+        for (what, p) in [
+            ("prefix", &cfg.prefix),
+            ("rewrite_prefix", &cfg.rewrite_prefix),
+        ] {
+            check_prefix(p.as_bytes()).map_err(|e| {
+                format!(
+                    "route {:?}: {what} {p:?} is not a normal path: {e}",
+                    cfg.prefix
+                )
+            })?;
+        }
+        Ok(Route {
             prefix: cfg.prefix.clone(),
+            index,
             group,
             name: Arc::from(cfg.prefix.as_str()),
             strip_prefix: cfg.strip_prefix,
             rewrite_prefix: cfg.rewrite_prefix.clone(),
             inject: cfg.inject_headers.clone(),
             require_bearer: cfg.require_bearer.clone(),
-        }
+        })
     }
 
-    /// Does `path` (the origin-form target, query included) fall under this route? Matching
-    /// stops at a segment boundary: `/openai/` and `/openai` both match `/openai`,
-    /// `/openai/x` and `/openai?x`, never `/openaix`; `/` matches everything.
-    pub fn matches(&self, path: &[u8]) -> bool {
+    /// The prefix without a trailing `/` (`/` itself becomes empty).
+    fn bare_prefix(&self) -> &[u8] {
         let prefix = self.prefix.as_bytes();
-        let bare = prefix.strip_suffix(b"/").unwrap_or(prefix);
+        prefix.strip_suffix(b"/").unwrap_or(prefix)
+    }
+
+    /// Does `path` (a normalised path, without the query) fall under this route? Matching
+    /// stops at a segment boundary: `/openai/` and `/openai` both match `/openai` and
+    /// `/openai/x`, never `/openaix`; `/` matches everything.
+    pub fn matches(&self, path: &[u8]) -> bool {
+        let bare = self.bare_prefix();
         if bare.is_empty() {
             return true;
         }
         path.starts_with(bare) && matches!(path.get(bare.len()), None | Some(b'/') | Some(b'?'))
     }
 
-    /// The forwarded target: upstream path prefix + (rewritten) path, always origin-form.
-    pub fn rewrite(&self, upstream_prefix: &str, path: &[u8], dst: &mut BytesMut) {
-        dst.clear();
-        dst.put_slice(upstream_prefix.as_bytes());
-        let rest: &[u8] = if self.strip_prefix {
-            let prefix = self.prefix.as_bytes();
-            let bare = prefix.strip_suffix(b"/").unwrap_or(prefix);
-            let rest = path.strip_prefix(bare).unwrap_or(path);
-            dst.put_slice(self.rewrite_prefix.trim_end_matches('/').as_bytes());
-            rest
-        } else {
-            path
-        };
-        if !rest.starts_with(b"/") {
-            dst.put_u8(b'/');
+    /// The target the upstream receives: the upstream's path prefix, then the route's
+    /// rewrite prefix in place of its own prefix when it strips, then the rest of `target`
+    /// (query kept). Checked to lie under the prefix put in front. `*` stays `*`.
+    pub fn upstream_target(
+        &self,
+        upstream_prefix: &str,
+        target: &NormalTarget,
+    ) -> Result<NormalTarget, PathError> {
+        let upstream_prefix = upstream_prefix.trim_end_matches('/');
+        if upstream_prefix.is_empty() && !self.strip_prefix {
+            // The common case: forwarded as it came, without a copy.
+            return Ok(target.clone());
         }
-        dst.put_slice(rest);
+        let mut prefix = String::with_capacity(upstream_prefix.len() + self.rewrite_prefix.len());
+        prefix.push_str(upstream_prefix);
+        let strip = if self.strip_prefix {
+            prefix.push_str(self.rewrite_prefix.trim_end_matches('/'));
+            self.bare_prefix().len()
+        } else {
+            0
+        };
+        target.rewrite(prefix.as_bytes(), strip)
     }
 
     /// Check `Authorization: Bearer <token>` against the route's list (constant-time compare).
@@ -107,6 +135,8 @@ pub fn select<'a>(routes: &'a [Route], path: &[u8]) -> Option<&'a Route> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::path::{normalize_target, PathOptions};
+    use bytes::Bytes;
 
     fn route(prefix: &str, strip: bool, rewrite: &str) -> Route {
         Route::new(
@@ -119,13 +149,22 @@ mod tests {
                 require_bearer: vec![],
             },
             0,
+            0,
         )
+        .expect("a valid route")
+    }
+
+    fn target(path: &str) -> NormalTarget {
+        normalize_target(
+            &Bytes::copy_from_slice(path.as_bytes()),
+            PathOptions::default(),
+        )
+        .expect("a normal target")
     }
 
     fn rewritten(r: &Route, up: &str, path: &str) -> String {
-        let mut out = BytesMut::new();
-        r.rewrite(up, path.as_bytes(), &mut out);
-        String::from_utf8(out.to_vec()).unwrap()
+        let out = r.upstream_target(up, &target(path)).expect("rewritten");
+        String::from_utf8(out.as_bytes().to_vec()).unwrap()
     }
 
     #[test]
@@ -153,6 +192,43 @@ mod tests {
         assert_eq!(rewritten(&r, "", "/local/v1/models"), "/api/v1/models");
         let r = route("/", false, "");
         assert_eq!(rewritten(&r, "/p", "/v1/models"), "/p/v1/models");
+    }
+
+    #[test]
+    fn rewritten_paths_stay_under_the_target_prefix() {
+        // `/local/../admin` and its encoded spellings never get this far: the path policy
+        // refuses them before routing.
+        for evil in [
+            "/local/../admin",
+            "/local/%2e%2e/admin",
+            "/local/..%2fadmin",
+        ] {
+            assert!(
+                normalize_target(&Bytes::from(evil), PathOptions::default()).is_err(),
+                "{evil}"
+            );
+        }
+        let r = route("/local/", true, "/api");
+        assert_eq!(rewritten(&r, "", "/local/v1/models"), "/api/v1/models");
+        assert_eq!(rewritten(&r, "", "/local"), "/api/");
+        assert_eq!(rewritten(&r, "/base/", "/local/x?q=1"), "/base/api/x?q=1");
+        // An asterisk-form target is forwarded as it is.
+        assert_eq!(rewritten(&r, "/base", "*"), "*");
+    }
+
+    #[test]
+    fn prefixes_that_are_not_normal_are_refused() {
+        for (prefix, rewrite) in [("/%73ecret/", ""), ("/a//b", ""), ("/ok/", "/x/../y")] {
+            let cfg = RouteConfig {
+                prefix: prefix.into(),
+                group: "g".into(),
+                strip_prefix: true,
+                rewrite_prefix: rewrite.into(),
+                inject_headers: vec![],
+                require_bearer: vec![],
+            };
+            assert!(Route::new(&cfg, 0, 0).is_err(), "{prefix} {rewrite}");
+        }
     }
 
     #[test]

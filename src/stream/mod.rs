@@ -11,6 +11,10 @@
 //! Stages are sans-IO: no sockets, clocks or tasks. They are driven by the one body pump in
 //! `proxy::pump`.
 
+pub mod align;
+pub mod dialect;
+pub mod tap;
+
 use bytes::Bytes;
 
 use crate::codec::chunked::Field;

@@ -18,4 +18,4 @@ pub use balance::{Group, OutstandingGuard, Upstream};
 pub use breaker::{Breaker, BreakerOpen, BreakerState};
 pub use connect::{ConnectError, ConnectErrorKind, Connector, UpstreamStream};
 pub use pool::{PooledConn, Slot, UpstreamPool};
-pub use retry::{is_retryable_status, retry_after, Backoff, RetryBudget};
+pub use retry::{retry_after, Backoff, RetryBudget, RetryPolicy};

@@ -5,17 +5,32 @@
 //!   random time in `[0, min(cap, base * 2^(n-1))]`, so clients that failed together do not
 //!   come back together.
 //! - [`retry_after`]: the wait an upstream asked for, from `retry-after-ms` or `Retry-After`
-//!   (delay-seconds or an HTTP-date). [`Backoff::delay_with_hint`] honours it up to the cap.
+//!   (delay-seconds or an HTTP-date). [`RetryPolicy::decide`] honours it up to the cap.
 //! - [`RetryBudget`]: retries may add at most a fraction of the requests of the last
 //!   [`BUDGET_WINDOW_SECS`] seconds, plus a small floor, so a struggling upstream does not face
 //!   a retry storm.
-//! - [`is_retryable_status`]: the configured statuses (default 429, 502, 503, 504).
+//! - [`RetryPolicy::decide`]: the one retry decision. Given how an attempt failed, it says
+//!   whether another attempt follows and after how long.
 //!
-//! Whether a request may be retried at all (nothing sent to the client yet, body replayable,
-//! attempts and deadline left) is the exchange's decision; this module only supplies the parts.
+//! # The rules [`RetryPolicy::decide`] applies
+//! - Eligible failures: a connect failure (when `retry.on_connect_error`), a reused keep-alive
+//!   connection that failed before any response (the upstream closed it as the request went
+//!   out, so it never processed it), and a response status in `retry.on_status`. Nothing else:
+//!   a fresh connection that fails after the request went out, or a response-head timeout, may
+//!   have been processed.
+//! - The request body must be whole in hand (or untouched), attempts must be left
+//!   (`retry.max_attempts` in all), the proxy must not be draining, and the retry budget must
+//!   allow it.
+//! - The wait is the jittered backoff, or the upstream's `Retry-After` (`retry-after-ms`)
+//!   when it asked for longer: never shorter than the upstream asked. A `Retry-After` longer
+//!   than `retry.cap`, or one that would end past the deadline, means no retry: the upstream's
+//!   answer goes to the client as it is, with its `Retry-After`.
+//! - The wait must end before the exchange's retry deadline (`retry.deadline`).
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio_util::sync::CancellationToken;
 
 use crate::config::RetryConfig;
 
@@ -30,11 +45,6 @@ impl Backoff {
     /// Backoff starting at `base` for the first retry, doubling each retry, never above `cap`.
     pub fn new(base: Duration, cap: Duration) -> Self {
         Backoff { base, cap }
-    }
-
-    /// The backoff for the configured `base` and `cap`.
-    pub fn from_config(cfg: &RetryConfig) -> Self {
-        Backoff::new(cfg.base, cfg.cap)
     }
 
     /// The cap: the longest any retry waits, server hints included.
@@ -58,20 +68,106 @@ impl Backoff {
         let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
         Duration::from_nanos(fastrand::u64(0..=nanos))
     }
-
-    /// The wait before retry number `retry` when the upstream may have said how long to wait
-    /// (see [`retry_after`]): the upstream's wait, at most `cap`, or else [`Backoff::delay`].
-    pub fn delay_with_hint(&self, retry: u32, hint: Option<Duration>) -> Duration {
-        match hint {
-            Some(wait) => wait.min(self.cap),
-            None => self.delay(retry),
-        }
-    }
 }
 
-/// Whether a response status is one the configuration retries (`retry.on_status`).
-pub fn is_retryable_status(cfg: &RetryConfig, status: u16) -> bool {
-    cfg.on_status.contains(&status)
+/// How an upstream attempt failed, as far as a retry is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Connecting (or the TLS handshake) failed: the upstream never saw the request.
+    Connect,
+    /// A reused keep-alive connection failed before any response: the upstream was closing
+    /// it as the request went out and never processed the request.
+    StaleConnection,
+    /// The upstream answered with this status; nothing of it went to the client yet.
+    Status(u16),
+    /// Anything else: the request may have been processed, or retrying cannot help.
+    Final,
+}
+
+/// One failed attempt, as [`RetryPolicy::decide`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: FailureKind,
+    /// The request body is untouched or held whole, so another attempt can send all of it.
+    pub replayable: bool,
+    /// The wait the upstream asked for ([`retry_after`]), if it asked.
+    pub retry_after: Option<Duration>,
+}
+
+/// The retry policy of a proxy: attempts, eligible failures, backoff and budget.
+#[derive(Debug)]
+pub struct RetryPolicy {
+    max_attempts: u32,
+    on_connect_error: bool,
+    on_status: Vec<u16>,
+    backoff: Backoff,
+    budget: RetryBudget,
+    draining: CancellationToken,
+}
+
+impl RetryPolicy {
+    /// The policy the configuration describes. No retry is decided once `draining` is
+    /// cancelled.
+    pub fn from_config(cfg: &RetryConfig, draining: CancellationToken) -> Self {
+        RetryPolicy {
+            max_attempts: cfg.max_attempts.max(1),
+            on_connect_error: cfg.on_connect_error,
+            on_status: cfg.on_status.clone(),
+            backoff: Backoff::new(cfg.base, cfg.cap),
+            budget: RetryBudget::from_config(cfg),
+            draining,
+        }
+    }
+
+    /// Whether responses with `status` are retried (`retry.on_status`).
+    pub fn retries_status(&self, status: u16) -> bool {
+        self.on_status.contains(&status)
+    }
+
+    /// Count one client request (its retries draw on the budget this fills).
+    pub fn on_request(&self) {
+        self.budget.on_request();
+    }
+
+    /// Whether attempt number `attempt` (1 = the first) that failed as `failure` is followed
+    /// by another, and after how long. `deadline` is when the exchange's attempts must be
+    /// over. A `Some` has taken one retry from the budget. See the module docs for the rules.
+    pub fn decide(&self, failure: &Failure, attempt: u32, deadline: Instant) -> Option<Duration> {
+        self.decide_at(failure, attempt, deadline, Instant::now())
+    }
+
+    /// [`RetryPolicy::decide`] at a given time.
+    pub fn decide_at(
+        &self,
+        failure: &Failure,
+        attempt: u32,
+        deadline: Instant,
+        now: Instant,
+    ) -> Option<Duration> {
+        let eligible = match failure.kind {
+            FailureKind::Connect => self.on_connect_error,
+            FailureKind::StaleConnection => true,
+            FailureKind::Status(status) => self.on_status.contains(&status),
+            FailureKind::Final => false,
+        };
+        if !eligible
+            || !failure.replayable
+            || attempt >= self.max_attempts
+            || self.draining.is_cancelled()
+        {
+            return None;
+        }
+        let backoff = self.backoff.delay(attempt);
+        let delay = match failure.retry_after {
+            Some(asked) if asked > self.backoff.cap() => return None,
+            Some(asked) => asked.max(backoff),
+            None => backoff,
+        };
+        if now + delay >= deadline || !self.budget.try_withdraw_at(now) {
+            return None;
+        }
+        Some(delay)
+    }
 }
 
 /// The wait an upstream asked for in its response headers, if it asked.
@@ -533,18 +629,6 @@ mod tests {
         assert_eq!(b.delay(5), Duration::ZERO);
     }
 
-    #[test]
-    fn backoff_hint_is_honoured_up_to_cap() {
-        let b = Backoff::new(200 * MS, 2000 * MS);
-        assert_eq!(b.delay_with_hint(1, Some(1500 * MS)), 1500 * MS);
-        assert_eq!(
-            b.delay_with_hint(1, Some(Duration::from_secs(60))),
-            2000 * MS
-        );
-        assert_eq!(b.delay_with_hint(1, Some(Duration::ZERO)), Duration::ZERO);
-        assert!(b.delay_with_hint(1, None) <= 200 * MS);
-    }
-
     fn ra(headers: &[(&str, &str)], now: SystemTime) -> Option<Duration> {
         retry_after(
             headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())),
@@ -679,21 +763,183 @@ mod tests {
         }
     }
 
-    #[test]
-    fn retryable_statuses_follow_config() {
-        let cfg = RetryConfig::default();
-        for s in [429, 502, 503, 504] {
-            assert!(is_retryable_status(&cfg, s));
-        }
-        for s in [200, 400, 401, 404, 500, 501] {
-            assert!(!is_retryable_status(&cfg, s));
-        }
+    /// One row of the decision table: a failure, the attempt that failed, the time left to
+    /// the deadline, and the expected decision (`None`, or the wait's bounds).
+    struct Row {
+        name: &'static str,
+        kind: FailureKind,
+        replayable: bool,
+        retry_after: Option<Duration>,
+        attempt: u32,
+        left: Duration,
+        expect: Option<(Duration, Duration)>,
+    }
+
+    fn policy(on_connect_error: bool) -> RetryPolicy {
         let cfg = RetryConfig {
-            on_status: vec![500],
+            max_attempts: 3,
+            base: 100 * MS,
+            cap: 2000 * MS,
+            on_connect_error,
+            budget_ratio: 0.0,
+            budget_min_per_sec: 100,
             ..RetryConfig::default()
         };
-        assert!(is_retryable_status(&cfg, 500));
-        assert!(!is_retryable_status(&cfg, 503));
+        RetryPolicy::from_config(&cfg, CancellationToken::new())
+    }
+
+    #[test]
+    fn decide_follows_the_table() {
+        use FailureKind::*;
+        let s = Duration::from_secs;
+        let row = |name, kind, replayable, retry_after, attempt, left, expect| Row {
+            name,
+            kind,
+            replayable,
+            retry_after,
+            attempt,
+            left,
+            expect,
+        };
+        let backoff1 = Some((Duration::ZERO, 100 * MS));
+        let rows = [
+            row("connect", Connect, true, None, 1, s(60), backoff1),
+            row(
+                "stale keep-alive",
+                StaleConnection,
+                true,
+                None,
+                1,
+                s(60),
+                backoff1,
+            ),
+            row(
+                "second retry backs off more",
+                StaleConnection,
+                true,
+                None,
+                2,
+                s(60),
+                Some((Duration::ZERO, 200 * MS)),
+            ),
+            row(
+                "retryable status",
+                Status(503),
+                true,
+                None,
+                1,
+                s(60),
+                backoff1,
+            ),
+            row("other status", Status(500), true, None, 1, s(60), None),
+            row("maybe processed", Final, true, None, 1, s(60), None),
+            row(
+                "body not held",
+                StaleConnection,
+                false,
+                None,
+                1,
+                s(60),
+                None,
+            ),
+            row("no attempts left", Connect, true, None, 3, s(60), None),
+            row(
+                "deadline reached",
+                Connect,
+                true,
+                None,
+                1,
+                Duration::ZERO,
+                None,
+            ),
+            row(
+                "retry-after honoured",
+                Status(429),
+                true,
+                Some(1500 * MS),
+                1,
+                s(60),
+                Some((1500 * MS, 1500 * MS)),
+            ),
+            row(
+                "retry-after never shortened",
+                Status(429),
+                true,
+                Some(10 * MS),
+                1,
+                s(60),
+                Some((10 * MS, 100 * MS)),
+            ),
+            row(
+                "retry-after over the cap: answer as is",
+                Status(429),
+                true,
+                Some(s(5)),
+                1,
+                s(60),
+                None,
+            ),
+            row(
+                "retry-after past the deadline",
+                Status(503),
+                true,
+                Some(1500 * MS),
+                1,
+                s(1),
+                None,
+            ),
+        ];
+        let p = policy(true);
+        let now = Instant::now();
+        for r in &rows {
+            let f = Failure {
+                kind: r.kind,
+                replayable: r.replayable,
+                retry_after: r.retry_after,
+            };
+            let got = p.decide_at(&f, r.attempt, now + r.left, now);
+            match (got, r.expect) {
+                (None, None) => {}
+                (Some(d), Some((lo, hi))) => {
+                    assert!(
+                        lo <= d && d <= hi,
+                        "{}: {d:?} not in {lo:?}..={hi:?}",
+                        r.name
+                    )
+                }
+                (got, want) => panic!("{}: got {got:?}, want {want:?}", r.name),
+            }
+        }
+        let off = policy(false);
+        let connect = Failure {
+            kind: Connect,
+            replayable: true,
+            retry_after: None,
+        };
+        assert_eq!(off.decide_at(&connect, 1, now + s(60), now), None);
+    }
+
+    #[test]
+    fn decide_stops_when_draining_or_out_of_budget() {
+        let draining = CancellationToken::new();
+        let p = RetryPolicy::from_config(&RetryConfig::default(), draining.clone());
+        let f = Failure {
+            kind: FailureKind::Status(503),
+            replayable: true,
+            retry_after: None,
+        };
+        let far = Instant::now() + Duration::from_secs(600);
+        assert!(p.decide(&f, 1, far).is_some());
+        draining.cancel();
+        assert_eq!(p.decide(&f, 1, far), None);
+
+        let cfg = RetryConfig {
+            budget_ratio: 0.0,
+            budget_min_per_sec: 0,
+            ..RetryConfig::default()
+        };
+        let broke = RetryPolicy::from_config(&cfg, CancellationToken::new());
+        assert_eq!(broke.decide(&f, 1, far), None);
     }
 
     #[test]

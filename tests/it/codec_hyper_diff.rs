@@ -146,10 +146,29 @@ fn cases() -> Vec<Case> {
     };
     let mut ext_flood = b"1;aaaaaaaaaaaaaaa\r\nx\r\n".repeat(1200);
     ext_flood.extend_from_slice(b"0\r\n\r\n");
+    let zeros = |n: usize, rest: &[u8]| {
+        let mut b = vec![b'0'; n];
+        b.extend_from_slice(rest);
+        b
+    };
     vec![
         case("simple", "3\r\nabc\r\n5\r\ndefgh\r\n0\r\n\r\n", Both),
         case("empty_body", "0\r\n\r\n", Both),
         case("leading_zeros", "0003\r\nabc\r\n000\r\n\r\n", Both),
+        case(
+            "size_digits_at_limit",
+            zeros(63, b"3\r\nabc\r\n0\r\n\r\n"),
+            Both,
+        ),
+        // RFC 9112 §7.1 allows any number of leading zeros (`chunk-size = 1*HEXDIG`) but lets a
+        // recipient bound what it reads; PROTOCOL.md rule 10 bounds a size at 64 digits,
+        // leading zeros included (`Limits::max_size_digits`), so a peer cannot pad every
+        // one-byte chunk with kilobytes of zeros. hyper counts only the value and accepts.
+        case(
+            "size_digits_over_limit",
+            zeros(64, b"3\r\nabc\r\n0\r\n\r\n"),
+            HyperOnly,
+        ),
         case("upper_hex", "A\r\n0123456789\r\n0\r\n\r\n", Both),
         case(
             "valid_extensions",
@@ -158,6 +177,13 @@ fn cases() -> Vec<Case> {
         ),
         case("extension_bws", "3 ; a = b\r\nabc\r\n0\r\n\r\n", Both),
         case("trailers", "1\r\na\r\n0\r\nX-Sum: abc\r\n\r\n", Both),
+        // RFC 9110 §5.3: a field name may repeat when the field is a list or, like
+        // `Set-Cookie`, is defined to repeat; neither side merges or refuses them.
+        case(
+            "trailer_repeated_set_cookie",
+            "1\r\na\r\n0\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\n",
+            Both,
+        ),
         case(
             "payload_with_framing_bytes",
             "5\r\n0\r\n\r\n\r\n0\r\n\r\n",

@@ -3,7 +3,8 @@
 //! (`decode` after every read, `decode_eof` at the end). Every run must give the frames, or the
 //! error kind and offset, written in the vector's `.expect` file.
 //!
-//! Also replays the committed fuzz seeds through the oracles in `chunkgate::codec::oracle`.
+//! Also replays the committed fuzz seeds (chunked bodies and request heads) through the oracles
+//! in `chunkgate::codec::oracle`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -11,8 +12,9 @@ use std::path::{Path, PathBuf};
 use bytes::{Bytes, BytesMut};
 use chunkgate::codec::chunked::{ChunkedDecoder, DecodeErrorKind, Field, Frame, Limits};
 use chunkgate::codec::oracle::{
-    check_decode_split_invariance, check_decode_split_invariance_with, check_roundtrip,
-    decode_in_reads, roundtrip_input, split_pattern_for, Verdict,
+    check_decode_split_invariance, check_decode_split_invariance_with,
+    check_request_head_split_invariance, check_roundtrip, decode_in_reads, roundtrip_input,
+    split_pattern_for, Verdict,
 };
 use tokio_util::codec::Decoder;
 
@@ -91,6 +93,7 @@ fn parse_limits(spec: &str) -> Limits {
         limits = match key {
             "max_chunk_size" => limits.max_chunk_size(n),
             "max_size_line" => limits.max_size_line(small),
+            "max_size_digits" => limits.max_size_digits(small),
             "max_extension_bytes" => limits.max_extension_bytes(n),
             "max_trailer_bytes" => limits.max_trailer_bytes(small),
             "max_trailer_fields" => limits.max_trailer_fields(small),
@@ -274,6 +277,16 @@ fn seeds_chunked_roundtrip_pass_the_oracle() {
         eprintln!("seed {name}");
         let (payloads, splits) = roundtrip_input(&data);
         check_roundtrip(&payloads, splits);
+    }
+}
+
+#[test]
+fn seeds_request_head_pass_the_oracle() {
+    let seeds = seeds("request_head");
+    assert!(seeds.len() >= 30, "request head seeds went missing");
+    for (name, data) in seeds {
+        eprintln!("seed {name}");
+        check_request_head_split_invariance(&data, &split_pattern_for(&data));
     }
 }
 

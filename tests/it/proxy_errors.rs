@@ -46,6 +46,11 @@ async fn upstream_port_closed_is_502() {
         )
         .await;
         assert_eq!(resp.error_json().1, "bad_gateway");
+        // The answer names no internal address: details go to the log.
+        let body = String::from_utf8_lossy(&resp.body).into_owned();
+        assert!(!body.contains("127.0.0.1"), "{body}");
+        let request_id = resp.head.get("x-request-id").expect("a request id");
+        assert!(body.contains(request_id), "{body}");
     })
     .await;
 }

@@ -51,9 +51,10 @@ fn first_gap(times: &Mutex<Vec<Instant>>) -> Duration {
 }
 
 #[tokio::test]
-async fn retry_after_429_is_honoured_up_to_the_cap() {
+async fn retry_after_over_the_cap_goes_to_the_client_unretried() {
     bounded(TEST_LIMIT, async {
-        // `Retry-After: 1` (seconds), capped at 300 ms by the configuration.
+        // `Retry-After: 1` (seconds) with a 300 ms cap: a shorter wait than the upstream asked
+        // for is never taken, so its answer goes to the client as it is.
         let (upstream, times) = scripted(|n| match n {
             0 => (429, vec![("retry-after", "1")], "{\"error\":\"slow down\"}"),
             _ => (200, vec![], "success"),
@@ -63,18 +64,50 @@ async fn retry_after_429_is_honoured_up_to_the_cap() {
         cfg.retry.cap = Duration::from_millis(300);
         let proxy = TestProxy::start(cfg).await;
         let mut client = proxy.connect().await;
+        let sent = Instant::now();
+        client.send(POST).await.expect("send");
+        let resp = client.response("POST").await.expect("response");
+        let took = sent.elapsed();
+        assert_eq!(resp.head.status, 429);
+        assert_eq!(resp.head.get("retry-after"), Some("1"));
+        assert_eq!(resp.body, b"{\"error\":\"slow down\"}");
+        assert_eq!(resp.head.get("x-chunkgate-retries"), None);
+        assert_eq!(times.lock().expect("lock").len(), 1, "not retried");
+        assert!(
+            took < Duration::from_millis(290),
+            "answered without waiting: {took:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn retry_after_within_the_cap_is_waited_in_full() {
+    bounded(TEST_LIMIT, async {
+        // `Retry-After: 1` under a 2 s cap: the retry waits the whole second, never less.
+        let (upstream, times) = scripted(|n| match n {
+            0 => (503, vec![("retry-after", "1")], "{}"),
+            _ => (200, vec![], "success"),
+        })
+        .await;
+        let mut cfg = config(&[upstream.addr]);
+        cfg.retry.cap = Duration::from_secs(2);
+        let proxy = TestProxy::start(cfg).await;
+        let mut client = proxy.connect().await;
         client.send(POST).await.expect("send");
         let resp = client.response("POST").await.expect("response");
         assert_eq!(resp.head.status, 200);
         assert_eq!(resp.body, b"success");
         assert_eq!(resp.head.get("x-chunkgate-retries"), Some("1"));
         let gap = first_gap(&times);
-        eprintln!("Retry-After: 1 with a 300 ms cap: retried after {gap:?}");
         assert!(
-            gap >= Duration::from_millis(290),
-            "delay not honoured: {gap:?}"
+            gap >= Duration::from_millis(990),
+            "waited less than asked: {gap:?}"
         );
-        assert!(gap < Duration::from_millis(900), "cap not applied: {gap:?}");
+        assert!(
+            gap < Duration::from_millis(1900),
+            "waited far more than asked: {gap:?}"
+        );
     })
     .await;
 }

@@ -630,3 +630,54 @@ async fn trailers_cross_with_the_body() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn stream_running_at_the_drain_deadline_is_cut_and_recorded_as_shutdown() {
+    bounded(TEST_LIMIT, async {
+        // The upstream sends one chunk and then nothing for longer than the drain deadline.
+        let upstream = raw_upstream(move |mut peer, _| async move {
+            peer.request().await.expect("request");
+            peer.send(CHUNKED_HEAD).await.expect("head");
+            peer.send(&chunk(b"data: one\n\n")).await.expect("chunk 1");
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        })
+        .await;
+        let mut cfg = config(&[upstream.addr]);
+        cfg.drain_timeout = Duration::from_millis(300);
+        let proxy = TestProxy::start(cfg).await;
+        let metrics = Arc::clone(&proxy.metrics);
+        let stop = proxy.stop.clone();
+        let mut client = proxy.connect().await;
+        client
+            .send(b"GET /v1/stream HTTP/1.1\r\nHost: api.test\r\n\r\n")
+            .await
+            .expect("send");
+        let head = client.response_head().await.expect("head");
+        assert_eq!(head.status, 200);
+        let mut first = Some(stop);
+        let body = client
+            .chunked_body_with(|i, _| {
+                if i == 0 {
+                    if let Some(stop) = first.take() {
+                        stop.cancel();
+                    }
+                }
+            })
+            .await;
+        assert!(!body.is_complete(), "a cut stream has no terminating chunk");
+        assert_eq!(body.texts(), vec!["data: one\n\n"]);
+        assert!(
+            !proxy.join().await.expect("run"),
+            "the drain did not finish"
+        );
+        let text = metrics.encode();
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with("chunkgate_exchanges_total") && l.contains("outcome=\"shutdown\"")
+            })
+            .unwrap_or_else(|| panic!("no shutdown outcome in:\n{text}"));
+        assert!(line.ends_with(" 1"), "{line}");
+    })
+    .await;
+}

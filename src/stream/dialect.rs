@@ -1,0 +1,1100 @@
+//! The LLM API dialects chunkgate understands, and what it reads from each one's payloads.
+//!
+//! | dialect | route (path suffix) | streamed as | text | finish | usage |
+//! |---|---|---|---|---|---|
+//! | [`Dialect::OpenAiChat`] | `/chat/completions` | SSE `data:` chunks, `data: [DONE]` | `choices[0].delta.content` (`message.content` unstreamed) | `choices[0].finish_reason` | `usage` (streamed in a last chunk with empty `choices` when `stream_options.include_usage` was set) |
+//! | [`Dialect::OpenAiCompletions`] | `/completions` | as chat | `choices[0].text` | as chat | as chat |
+//! | [`Dialect::OpenAiResponses`] | `/responses` | SSE with `event:` lines | `response.output_text.delta` | `response.status`, or `incomplete_details.reason` | `response.usage` in `response.completed` / `.incomplete` / `.failed` |
+//! | [`Dialect::AnthropicMessages`] | `/v1/messages` | SSE with `event:` lines | `content_block_delta` / `text_delta` | `message_delta.delta.stop_reason` | input in `message_start`, output in `message_delta` |
+//! | [`Dialect::OllamaChat`] | `/api/chat` | NDJSON | `message.content` | `done_reason` | `prompt_eval_count`, `eval_count` |
+//! | [`Dialect::OllamaGenerate`] | `/api/generate` | NDJSON | `response` | `done_reason` | as chat |
+//!
+//! Each dialect's unstreamed answer (one JSON document) is read too, and so are errors: an
+//! `error` object or string in a payload (OpenAI, Ollama), Anthropic's `error` event, the
+//! Responses API's `error` event and `response.failed`.
+//!
+//! Only the first choice (`index` 0) of an OpenAI answer with `n > 1` is assembled. Reasoning
+//! text (Anthropic `thinking_delta`, Ollama `thinking`, Responses reasoning summaries) and tool
+//! calls are not part of the answer text.
+//!
+//! Payloads are parsed with serde into small structs that borrow from the payload: strings are
+//! taken as raw JSON ([`RawValue`]) and unescaped straight into the text kept, so reading an
+//! event allocates nothing beyond what the record keeps. A payload that is not JSON, or not of
+//! the expected shape, is counted and otherwise ignored: reading never fails and never panics.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::time::Instant;
+
+use memchr::memchr;
+use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// An LLM API whose answers chunkgate reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dialect {
+    /// OpenAI chat completions (`/v1/chat/completions`), and the many APIs that copy it.
+    OpenAiChat,
+    /// OpenAI legacy completions (`/v1/completions`).
+    OpenAiCompletions,
+    /// OpenAI Responses (`/v1/responses`).
+    OpenAiResponses,
+    /// Anthropic Messages (`/v1/messages`).
+    AnthropicMessages,
+    /// Ollama chat (`/api/chat`).
+    OllamaChat,
+    /// Ollama generate (`/api/generate`).
+    OllamaGenerate,
+}
+
+impl Dialect {
+    /// The dialect a request path names, by its last segments (a route prefix before them, a
+    /// trailing `/` or a query after them do not matter): `…/chat/completions`,
+    /// `…/completions`, `…/responses`, `…/v1/messages`, `…/api/chat`, `…/api/generate`.
+    pub fn from_path(path: &[u8]) -> Option<Dialect> {
+        let end = memchr(b'?', path).unwrap_or(path.len());
+        let path = &path[..end];
+        let path = path.strip_suffix(b"/").unwrap_or(path);
+        const SUFFIXES: [(&[u8], Dialect); 6] = [
+            (b"/chat/completions", Dialect::OpenAiChat),
+            (b"/completions", Dialect::OpenAiCompletions),
+            (b"/responses", Dialect::OpenAiResponses),
+            (b"/v1/messages", Dialect::AnthropicMessages),
+            (b"/api/chat", Dialect::OllamaChat),
+            (b"/api/generate", Dialect::OllamaGenerate),
+        ];
+        SUFFIXES
+            .iter()
+            .find(|(suffix, _)| path.ends_with(suffix))
+            .map(|&(_, d)| d)
+    }
+
+    /// The dialect a JSON payload's shape shows (`object`, `type`, `done` and the fields beside
+    /// them), or `None` when it shows none (an error payload, for one).
+    pub fn sniff(payload: &[u8]) -> Option<Dialect> {
+        let probe: Probe<'_> = serde_json::from_slice(payload).ok()?;
+        match (probe.object, probe.kind) {
+            (Some(o), _) if o.starts_with("chat.completion") => Some(Dialect::OpenAiChat),
+            (Some("text_completion"), _) => Some(Dialect::OpenAiCompletions),
+            (Some("response"), _) => Some(Dialect::OpenAiResponses),
+            (_, Some(t)) if t.starts_with("response.") => Some(Dialect::OpenAiResponses),
+            (
+                _,
+                Some(
+                    "message_start"
+                    | "message_delta"
+                    | "message_stop"
+                    | "content_block_start"
+                    | "content_block_delta"
+                    | "content_block_stop"
+                    | "ping"
+                    | "message",
+                ),
+            ) => Some(Dialect::AnthropicMessages),
+            _ if probe.done.is_some() && probe.message.is_some() => Some(Dialect::OllamaChat),
+            _ if probe.done.is_some() && probe.response.is_some() => Some(Dialect::OllamaGenerate),
+            _ if probe.choices.is_some() => Some(Dialect::OpenAiChat),
+            _ => None,
+        }
+    }
+
+    /// A short lowercase name: `openai-chat`, `openai-completions`, `openai-responses`,
+    /// `anthropic-messages`, `ollama-chat`, `ollama-generate`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::OpenAiChat => "openai-chat",
+            Dialect::OpenAiCompletions => "openai-completions",
+            Dialect::OpenAiResponses => "openai-responses",
+            Dialect::AnthropicMessages => "anthropic-messages",
+            Dialect::OllamaChat => "ollama-chat",
+            Dialect::OllamaGenerate => "ollama-generate",
+        }
+    }
+}
+
+impl fmt::Display for Dialect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Token counts an answer reported. `None`: the answer did not say.
+///
+/// `input` counts every prompt token, cached ones included, in every dialect: for Anthropic it
+/// is `input_tokens + cache_creation_input_tokens + cache_read_input_tokens` (Anthropic's
+/// `input_tokens` leaves cached tokens out; OpenAI's `prompt_tokens` does not). `cached` is the
+/// part of `input` read from a prompt cache, `reasoning` the part of `output` spent reasoning.
+/// `total` is the answer's own total where it gives one, else `input + output`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input: Option<u64>,
+    pub output: Option<u64>,
+    pub total: Option<u64>,
+    pub cached: Option<u64>,
+    pub reasoning: Option<u64>,
+}
+
+/// An error the upstream delivered inside an answer (a payload, not an HTTP status).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamError {
+    /// The error's `type` (or `code` where there is no type): `overloaded_error`,
+    /// `server_error` ...
+    pub kind: Option<String>,
+    /// Its `message` (bounded to [`MAX_SHORT_TEXT`] bytes).
+    pub message: Option<String>,
+}
+
+/// The most bytes kept of a model name, finish reason, error type or error message.
+pub const MAX_SHORT_TEXT: usize = 4 << 10;
+
+/// What was read from one answer so far. Filled by [`read_event`] and [`read_document`].
+#[derive(Debug, Clone)]
+pub(crate) struct Record {
+    pub(crate) model: String,
+    pub(crate) text: String,
+    pub(crate) max_text: usize,
+    pub(crate) truncated: bool,
+    pub(crate) finish_reason: String,
+    pub(crate) usage: Usage,
+    /// Anthropic reports cache writes apart; kept to recompute `usage.input`.
+    anthropic_input: [Option<u64>; 3],
+    pub(crate) first_token_at: Option<Instant>,
+    pub(crate) error: Option<StreamError>,
+    /// The answer's own end marker was seen (`[DONE]`, `message_stop`, `response.completed`,
+    /// `done: true`), or a whole unstreamed answer (not an error body) was read.
+    pub(crate) complete: bool,
+    /// Payloads that were not JSON or not of the expected shape.
+    pub(crate) invalid: u64,
+}
+
+impl Record {
+    pub(crate) fn new(max_text: usize) -> Self {
+        Record {
+            model: String::new(),
+            text: String::new(),
+            max_text,
+            truncated: false,
+            finish_reason: String::new(),
+            usage: Usage::default(),
+            anthropic_input: [None; 3],
+            first_token_at: None,
+            error: None,
+            complete: false,
+            invalid: 0,
+        }
+    }
+
+    /// Append a piece of answer text (a raw JSON string), bounded, noting the first token.
+    fn text(&mut self, raw: Option<&RawValue>, at: Instant) {
+        let Some(raw) = raw else { return };
+        let max = self.max_text;
+        if let Some(appended) = append_json_str(raw.get(), &mut self.text, max) {
+            self.truncated |= appended.truncated;
+            if appended.any && self.first_token_at.is_none() {
+                self.first_token_at = Some(at);
+            }
+        }
+    }
+
+    fn model(&mut self, raw: Option<&RawValue>) {
+        if self.model.is_empty() {
+            set_json_str(raw, &mut self.model);
+        }
+    }
+
+    fn finish(&mut self, raw: Option<&RawValue>) {
+        set_json_str(raw, &mut self.finish_reason);
+    }
+
+    /// Keep the first error delivered: a JSON string (the message) or an object with `type` or
+    /// `code`, and `message`.
+    fn error(&mut self, raw: Option<&RawValue>) {
+        let Some(raw) = raw else { return };
+        if self.error.is_some() {
+            return;
+        }
+        let mut error = StreamError::default();
+        if raw.get().starts_with('"') {
+            error.message = own_json_str(raw);
+        } else if let Ok(body) = serde_json::from_str::<ErrorBody<'_>>(raw.get()) {
+            error.kind = own_json_str_opt(body.kind).or_else(|| own_json_str_opt(body.code));
+            error.message = own_json_str_opt(body.message);
+        } else {
+            return;
+        }
+        self.error = Some(error);
+    }
+
+    fn openai_usage(&mut self, u: &OpenAiUsage) {
+        let usage = &mut self.usage;
+        usage.input = u.prompt_tokens.or(usage.input);
+        usage.output = u.completion_tokens.or(usage.output);
+        usage.total = u.total_tokens.or(usage.total);
+        if let Some(d) = &u.prompt_tokens_details {
+            usage.cached = d.cached_tokens.or(usage.cached);
+        }
+        if let Some(d) = &u.completion_tokens_details {
+            usage.reasoning = d.reasoning_tokens.or(usage.reasoning);
+        }
+    }
+
+    fn responses_usage(&mut self, u: &ResponsesUsage) {
+        let usage = &mut self.usage;
+        usage.input = u.input_tokens.or(usage.input);
+        usage.output = u.output_tokens.or(usage.output);
+        usage.total = u.total_tokens.or(usage.total);
+        if let Some(d) = &u.input_tokens_details {
+            usage.cached = d.cached_tokens.or(usage.cached);
+        }
+        if let Some(d) = &u.output_tokens_details {
+            usage.reasoning = d.reasoning_tokens.or(usage.reasoning);
+        }
+    }
+
+    fn anthropic_usage(&mut self, u: &AnthropicUsage) {
+        let [input, created, read] = &mut self.anthropic_input;
+        *input = u.input_tokens.or(*input);
+        *created = u.cache_creation_input_tokens.or(*created);
+        *read = u.cache_read_input_tokens.or(*read);
+        if let Some(i) = *input {
+            let sum = i
+                .saturating_add(created.unwrap_or(0))
+                .saturating_add(read.unwrap_or(0));
+            self.usage.input = Some(sum);
+        }
+        self.usage.cached = *read;
+        self.usage.output = u.output_tokens.or(self.usage.output);
+    }
+
+    /// The usage, with `total` computed where the answer gave none.
+    pub(crate) fn usage(&self) -> Usage {
+        let mut u = self.usage;
+        if u.total.is_none() {
+            if let (Some(i), Some(o)) = (u.input, u.output) {
+                u.total = Some(i.saturating_add(o));
+            }
+        }
+        u
+    }
+}
+
+/// How a payload was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Read {
+    /// Parsed; whatever it carried was recorded.
+    Understood,
+    /// Not JSON, or not of the dialect's shape (counted in [`Record::invalid`]).
+    Invalid,
+}
+
+/// Read one streamed payload of `dialect`: the data of an SSE event (`event` is its `event`
+/// field) or one JSON line. `at` is when the bytes that completed it were written.
+pub(crate) fn read_event(
+    dialect: Dialect,
+    event: Option<&[u8]>,
+    data: &[u8],
+    rec: &mut Record,
+    at: Instant,
+) -> Read {
+    let read = match dialect {
+        Dialect::OpenAiChat | Dialect::OpenAiCompletions => openai(data, rec, at, false),
+        Dialect::OpenAiResponses => responses_event(event, data, rec, at),
+        Dialect::AnthropicMessages => anthropic_event(event, data, rec, at),
+        Dialect::OllamaChat | Dialect::OllamaGenerate => ollama(data, rec, at),
+    };
+    if read == Read::Invalid {
+        rec.invalid += 1;
+    }
+    read
+}
+
+/// Read a whole unstreamed answer of `dialect` (or an error body).
+pub(crate) fn read_document(dialect: Dialect, body: &[u8], rec: &mut Record, at: Instant) -> Read {
+    let read = match dialect {
+        Dialect::OpenAiChat | Dialect::OpenAiCompletions => openai(body, rec, at, true),
+        Dialect::OpenAiResponses => responses_document(body, rec, at),
+        Dialect::AnthropicMessages => anthropic_document(body, rec, at),
+        Dialect::OllamaChat | Dialect::OllamaGenerate => ollama(body, rec, at),
+    };
+    match read {
+        Read::Invalid => rec.invalid += 1,
+        // An error body is not an answer.
+        Read::Understood => rec.complete = rec.error.is_none(),
+    }
+    read
+}
+
+/// Read a payload of no known dialect: only an error it may carry.
+pub(crate) fn read_unknown(data: &[u8], rec: &mut Record) -> Read {
+    match serde_json::from_slice::<ErrorOnly<'_>>(data) {
+        Ok(e) => {
+            rec.error(e.error);
+            Read::Understood
+        }
+        Err(_) => {
+            rec.invalid += 1;
+            Read::Invalid
+        }
+    }
+}
+
+// ---- OpenAI chat and completions ----------------------------------------------------------
+
+#[derive(Deserialize)]
+struct OpenAiChunk<'a> {
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    choices: FirstChoice<'a>,
+    usage: Option<OpenAiUsage>,
+    #[serde(borrow)]
+    error: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(default)]
+    index: u64,
+    #[serde(borrow)]
+    delta: Option<Message<'a>>,
+    #[serde(borrow)]
+    message: Option<Message<'a>>,
+    #[serde(borrow)]
+    text: Option<&'a RawValue>,
+    #[serde(borrow)]
+    finish_reason: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow)]
+    content: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct OpenAiUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    total_tokens: Option<u64>,
+    prompt_tokens_details: Option<CachedDetails>,
+    completion_tokens_details: Option<ReasoningDetails>,
+}
+
+#[derive(Deserialize)]
+struct CachedDetails {
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct ReasoningDetails {
+    reasoning_tokens: Option<u64>,
+}
+
+/// The choice with `index` 0 of a `choices` array (null or absent: none), found without
+/// collecting the array.
+#[derive(Default)]
+struct FirstChoice<'a>(Option<Choice<'a>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for FirstChoice<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ChoicesVisitor<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for ChoicesVisitor<'a> {
+            type Value = FirstChoice<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of choices")
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(FirstChoice(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut first = None;
+                while let Some(choice) = seq.next_element::<Choice<'a>>()? {
+                    if first.is_none() && choice.index == 0 {
+                        first = Some(choice);
+                    }
+                }
+                Ok(FirstChoice(first))
+            }
+        }
+        deserializer.deserialize_any(ChoicesVisitor(PhantomData))
+    }
+}
+
+fn openai(data: &[u8], rec: &mut Record, at: Instant, document: bool) -> Read {
+    let Ok(chunk) = serde_json::from_slice::<OpenAiChunk<'_>>(data) else {
+        return Read::Invalid;
+    };
+    rec.model(chunk.model);
+    rec.error(chunk.error);
+    if let Some(choice) = chunk.choices.0 {
+        let message = if document {
+            choice.message
+        } else {
+            choice.delta
+        };
+        rec.text(message.and_then(|m| m.content).or(choice.text), at);
+        rec.finish(choice.finish_reason);
+    }
+    if let Some(usage) = &chunk.usage {
+        rec.openai_usage(usage);
+    }
+    Read::Understood
+}
+
+// ---- OpenAI Responses ---------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct ResponsesEvent<'a> {
+    #[serde(rename = "type")]
+    kind: Option<&'a str>,
+    #[serde(borrow)]
+    delta: Option<&'a RawValue>,
+    #[serde(borrow)]
+    response: Option<ResponseObject<'a>>,
+    #[serde(borrow)]
+    code: Option<&'a RawValue>,
+    #[serde(borrow)]
+    message: Option<&'a RawValue>,
+    #[serde(borrow)]
+    error: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ResponseObject<'a> {
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow)]
+    status: Option<&'a RawValue>,
+    usage: Option<ResponsesUsage>,
+    #[serde(borrow)]
+    error: Option<&'a RawValue>,
+    #[serde(borrow)]
+    incomplete_details: Option<IncompleteDetails<'a>>,
+    /// Kept raw: read only for an unstreamed answer (a stream's deltas already gave the text).
+    #[serde(borrow)]
+    output: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct IncompleteDetails<'a> {
+    #[serde(borrow)]
+    reason: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ResponsesUsage {
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    total_tokens: Option<u64>,
+    input_tokens_details: Option<CachedDetails>,
+    output_tokens_details: Option<ReasoningDetails>,
+}
+
+#[derive(Deserialize)]
+struct OutputItem<'a> {
+    #[serde(rename = "type")]
+    kind: Option<&'a str>,
+    #[serde(borrow, default)]
+    content: Vec<OutputPart<'a>>,
+}
+
+#[derive(Deserialize)]
+struct OutputPart<'a> {
+    #[serde(rename = "type")]
+    kind: Option<&'a str>,
+    #[serde(borrow)]
+    text: Option<&'a RawValue>,
+}
+
+impl ResponseObject<'_> {
+    /// Model, status, usage and error of a response object.
+    fn record(&self, rec: &mut Record) {
+        rec.model(self.model);
+        match self.incomplete_details.as_ref().and_then(|d| d.reason) {
+            Some(reason) => rec.finish(Some(reason)),
+            None => rec.finish(self.status),
+        }
+        if let Some(usage) = &self.usage {
+            rec.responses_usage(usage);
+        }
+        rec.error(self.error);
+    }
+}
+
+fn responses_event(event: Option<&[u8]>, data: &[u8], rec: &mut Record, at: Instant) -> Read {
+    let Ok(e) = serde_json::from_slice::<ResponsesEvent<'_>>(data) else {
+        return Read::Invalid;
+    };
+    let kind = e.kind.map(str::as_bytes).or(event).unwrap_or_default();
+    match kind {
+        b"response.output_text.delta" => rec.text(e.delta, at),
+        b"response.completed" | b"response.incomplete" | b"response.failed" => {
+            if let Some(r) = &e.response {
+                r.record(rec);
+            }
+            rec.complete = true;
+        }
+        b"error" => {
+            if e.error.is_some() {
+                rec.error(e.error);
+            } else if rec.error.is_none() {
+                rec.error = Some(StreamError {
+                    kind: e.code.and_then(own_json_str),
+                    message: e.message.and_then(own_json_str),
+                });
+            }
+        }
+        _ => {
+            if let Some(r) = &e.response {
+                rec.model(r.model);
+            }
+        }
+    }
+    Read::Understood
+}
+
+fn responses_document(body: &[u8], rec: &mut Record, at: Instant) -> Read {
+    let Ok(r) = serde_json::from_slice::<ResponseObject<'_>>(body) else {
+        return Read::Invalid;
+    };
+    r.record(rec);
+    if let Some(output) = r.output {
+        let Ok(items) = serde_json::from_str::<Vec<OutputItem<'_>>>(output.get()) else {
+            return Read::Invalid;
+        };
+        for item in items.iter().filter(|i| i.kind == Some("message")) {
+            for part in item
+                .content
+                .iter()
+                .filter(|p| p.kind == Some("output_text"))
+            {
+                rec.text(part.text, at);
+            }
+        }
+    }
+    Read::Understood
+}
+
+// ---- Anthropic Messages -------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct AnthropicEvent<'a> {
+    #[serde(rename = "type")]
+    kind: Option<&'a str>,
+    #[serde(borrow)]
+    message: Option<AnthropicMessage<'a>>,
+    #[serde(borrow)]
+    delta: Option<AnthropicDelta<'a>>,
+    usage: Option<AnthropicUsage>,
+    #[serde(borrow)]
+    error: Option<&'a RawValue>,
+    // The fields of an unstreamed message (`type: message`), at the top level.
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow)]
+    stop_reason: Option<&'a RawValue>,
+    #[serde(borrow)]
+    content: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct AnthropicMessage<'a> {
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow)]
+    stop_reason: Option<&'a RawValue>,
+    usage: Option<AnthropicUsage>,
+}
+
+#[derive(Deserialize)]
+struct AnthropicDelta<'a> {
+    #[serde(rename = "type")]
+    kind: Option<&'a str>,
+    #[serde(borrow)]
+    text: Option<&'a RawValue>,
+    #[serde(borrow)]
+    stop_reason: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct AnthropicUsage {
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct ContentBlock<'a> {
+    #[serde(rename = "type")]
+    kind: Option<&'a str>,
+    #[serde(borrow)]
+    text: Option<&'a RawValue>,
+}
+
+fn anthropic_event(event: Option<&[u8]>, data: &[u8], rec: &mut Record, at: Instant) -> Read {
+    let Ok(e) = serde_json::from_slice::<AnthropicEvent<'_>>(data) else {
+        return Read::Invalid;
+    };
+    let kind = e.kind.map(str::as_bytes).or(event).unwrap_or_default();
+    match kind {
+        b"message_start" => {
+            if let Some(m) = &e.message {
+                rec.model(m.model);
+                rec.finish(m.stop_reason);
+                if let Some(u) = &m.usage {
+                    rec.anthropic_usage(u);
+                }
+            }
+        }
+        b"content_block_delta" => {
+            if let Some(d) = &e.delta {
+                if d.kind == Some("text_delta") {
+                    rec.text(d.text, at);
+                }
+            }
+        }
+        b"message_delta" => {
+            if let Some(d) = &e.delta {
+                rec.finish(d.stop_reason);
+            }
+            if let Some(u) = &e.usage {
+                rec.anthropic_usage(u);
+            }
+        }
+        b"message_stop" => rec.complete = true,
+        b"error" => rec.error(e.error),
+        b"message" => anthropic_message(&e, rec, at),
+        _ => {}
+    }
+    Read::Understood
+}
+
+/// An unstreamed message: model, content blocks, stop reason and usage at the top level.
+fn anthropic_message(e: &AnthropicEvent<'_>, rec: &mut Record, at: Instant) {
+    rec.model(e.model);
+    rec.finish(e.stop_reason);
+    if let Some(u) = &e.usage {
+        rec.anthropic_usage(u);
+    }
+    if let Some(content) = e.content {
+        if let Ok(blocks) = serde_json::from_str::<Vec<ContentBlock<'_>>>(content.get()) {
+            for block in blocks.iter().filter(|b| b.kind == Some("text")) {
+                rec.text(block.text, at);
+            }
+        }
+    }
+}
+
+fn anthropic_document(body: &[u8], rec: &mut Record, at: Instant) -> Read {
+    anthropic_event(None, body, rec, at)
+}
+
+// ---- Ollama -------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct OllamaLine<'a> {
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow)]
+    message: Option<Message<'a>>,
+    #[serde(borrow)]
+    response: Option<&'a RawValue>,
+    done: Option<bool>,
+    #[serde(borrow)]
+    done_reason: Option<&'a RawValue>,
+    prompt_eval_count: Option<u64>,
+    eval_count: Option<u64>,
+    #[serde(borrow)]
+    error: Option<&'a RawValue>,
+}
+
+fn ollama(data: &[u8], rec: &mut Record, at: Instant) -> Read {
+    let Ok(line) = serde_json::from_slice::<OllamaLine<'_>>(data) else {
+        return Read::Invalid;
+    };
+    rec.model(line.model);
+    rec.text(line.message.and_then(|m| m.content).or(line.response), at);
+    rec.finish(line.done_reason);
+    rec.usage.input = line.prompt_eval_count.or(rec.usage.input);
+    rec.usage.output = line.eval_count.or(rec.usage.output);
+    rec.error(line.error);
+    if line.done == Some(true) {
+        rec.complete = true;
+    }
+    Read::Understood
+}
+
+// ---- shared shapes ------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct ErrorOnly<'a> {
+    #[serde(borrow)]
+    error: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow)]
+    code: Option<&'a RawValue>,
+    #[serde(borrow)]
+    message: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Probe<'a> {
+    object: Option<&'a str>,
+    #[serde(rename = "type")]
+    kind: Option<&'a str>,
+    message: Option<IgnoredAny>,
+    response: Option<IgnoredAny>,
+    done: Option<IgnoredAny>,
+    choices: Option<IgnoredAny>,
+}
+
+// ---- JSON strings -------------------------------------------------------------------------
+
+/// What [`append_json_str`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Appended {
+    /// The string was not empty.
+    any: bool,
+    /// Not all of it fit under the bound.
+    truncated: bool,
+}
+
+/// Append the JSON string `raw` (quotes and escapes as on the wire) to `out`, unescaped,
+/// keeping `out` within `max` bytes (cut at a character boundary). `None` when `raw` is not a
+/// string. Invalid escapes and lone surrogates become U+FFFD; nothing here can fail.
+fn append_json_str(raw: &str, out: &mut String, max: usize) -> Option<Appended> {
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    let mut result = Appended {
+        any: !inner.is_empty(),
+        truncated: false,
+    };
+    let mut push = |s: &str, out: &mut String| {
+        if result.truncated || s.is_empty() {
+            return;
+        }
+        let room = max.saturating_sub(out.len());
+        if s.len() <= room {
+            out.push_str(s);
+        } else {
+            let mut cut = room;
+            while !s.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            out.push_str(&s[..cut]);
+            result.truncated = true;
+        }
+    };
+    let mut rest = inner;
+    while let Some(slash) = memchr(b'\\', rest.as_bytes()) {
+        push(&rest[..slash], out);
+        let (c, used) = unescape(&rest[slash + 1..]);
+        let mut buf = [0u8; 4];
+        push(c.encode_utf8(&mut buf), out);
+        rest = &rest[slash + 1 + used..];
+    }
+    push(rest, out);
+    Some(result)
+}
+
+/// The character an escape stands for (`s` starts after the backslash), and how many bytes
+/// of `s` it used.
+fn unescape(s: &str) -> (char, usize) {
+    let Some(&b) = s.as_bytes().first() else {
+        return (char::REPLACEMENT_CHARACTER, 0);
+    };
+    let c = match b {
+        b'"' => '"',
+        b'\\' => '\\',
+        b'/' => '/',
+        b'b' => '\u{8}',
+        b'f' => '\u{c}',
+        b'n' => '\n',
+        b'r' => '\r',
+        b't' => '\t',
+        b'u' => {
+            let Some(high) = hex4(&s[1..]) else {
+                return (char::REPLACEMENT_CHARACTER, 1);
+            };
+            if (0xD800..0xDC00).contains(&high) {
+                if let Some(low) = s[5..].strip_prefix("\\u").and_then(hex4) {
+                    if (0xDC00..0xE000).contains(&low) {
+                        let c = 0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00);
+                        return (char::from_u32(c).unwrap_or(char::REPLACEMENT_CHARACTER), 11);
+                    }
+                }
+            }
+            return (
+                char::from_u32(high).unwrap_or(char::REPLACEMENT_CHARACTER),
+                5,
+            );
+        }
+        _ => return (char::REPLACEMENT_CHARACTER, 0),
+    };
+    (c, 1)
+}
+
+fn hex4(s: &str) -> Option<u32> {
+    let digits = s.get(..4)?;
+    if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u32::from_str_radix(digits, 16).ok()
+}
+
+/// Replace `dst` with the JSON string `raw`, bounded by [`MAX_SHORT_TEXT`]; a missing, null or
+/// non-string value leaves `dst` as it was.
+fn set_json_str(raw: Option<&RawValue>, dst: &mut String) {
+    if let Some(raw) = raw.filter(|r| r.get().starts_with('"')) {
+        dst.clear();
+        append_json_str(raw.get(), dst, MAX_SHORT_TEXT);
+    }
+}
+
+fn own_json_str(raw: &RawValue) -> Option<String> {
+    let mut s = String::new();
+    if raw.get().starts_with('"') {
+        append_json_str(raw.get(), &mut s, MAX_SHORT_TEXT)?;
+        return Some(s);
+    }
+    // A number or other scalar (some APIs send numeric codes): its JSON text.
+    let text = raw.get();
+    (!text.starts_with(['{', '[']) && text != "null").then(|| {
+        s.push_str(&text[..text.len().min(MAX_SHORT_TEXT)]);
+        s
+    })
+}
+
+fn own_json_str_opt(raw: Option<&RawValue>) -> Option<String> {
+    raw.and_then(own_json_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text_of(raw: &str, max: usize) -> (String, Option<Appended>) {
+        let mut out = String::new();
+        let r = append_json_str(raw, &mut out, max);
+        (out, r)
+    }
+
+    #[test]
+    fn dialect_from_path() {
+        use Dialect::*;
+        for (path, want) in [
+            (&b"/v1/chat/completions"[..], Some(OpenAiChat)),
+            (
+                b"/openai/deployments/x/chat/completions?api-version=1",
+                Some(OpenAiChat),
+            ),
+            (b"/v1/completions", Some(OpenAiCompletions)),
+            (b"/v1/responses/", Some(OpenAiResponses)),
+            (b"/anthropic/v1/messages", Some(AnthropicMessages)),
+            (b"/api/chat", Some(OllamaChat)),
+            (b"/api/generate?x=1", Some(OllamaGenerate)),
+            (b"/v1/models", None),
+            (b"/v1/threads/t/messages", None),
+            (b"", None),
+        ] {
+            assert_eq!(Dialect::from_path(path), want, "{path:?}");
+        }
+    }
+
+    #[test]
+    fn dialect_sniff_by_shape() {
+        use Dialect::*;
+        for (payload, want) in [
+            (
+                &br#"{"object":"chat.completion.chunk","choices":[]}"#[..],
+                Some(OpenAiChat),
+            ),
+            (br#"{"object":"chat.completion"}"#, Some(OpenAiChat)),
+            (br#"{"object":"text_completion"}"#, Some(OpenAiCompletions)),
+            (
+                br#"{"type":"response.created","response":{}}"#,
+                Some(OpenAiResponses),
+            ),
+            (
+                br#"{"object":"response","status":"completed"}"#,
+                Some(OpenAiResponses),
+            ),
+            (
+                br#"{"type":"message_start","message":{}}"#,
+                Some(AnthropicMessages),
+            ),
+            (br#"{"type": "ping"}"#, Some(AnthropicMessages)),
+            (
+                br#"{"model":"m","message":{"content":""},"done":false}"#,
+                Some(OllamaChat),
+            ),
+            (
+                br#"{"model":"m","response":"x","done":false}"#,
+                Some(OllamaGenerate),
+            ),
+            (br#"{"error":{"message":"x"}}"#, None),
+            (b"[DONE]", None),
+            (b"{", None),
+        ] {
+            assert_eq!(
+                Dialect::sniff(payload),
+                want,
+                "{}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+    }
+
+    #[test]
+    fn json_strings_unescape_and_bound() {
+        assert_eq!(text_of(r#""a\"b\\c\/\n\t""#, 100).0, "a\"b\\c/\n\t");
+        assert_eq!(text_of(r#""\u00e9\ud83d\ude00x""#, 100).0, "é😀x");
+        assert_eq!(text_of(r#""\ud83dx\udc00""#, 100).0, "\u{fffd}x\u{fffd}");
+        assert_eq!(text_of(r#""\u12""#, 100).0, "\u{fffd}12");
+        assert_eq!(text_of("null", 100).1, None);
+        assert_eq!(text_of("12", 100).1, None);
+        let (s, r) = text_of(r#""""#, 100);
+        assert_eq!((s.as_str(), r.unwrap().any), ("", false));
+        // The bound cuts at a character boundary: 안 is 3 bytes.
+        let (s, r) = text_of(r#""ab안녕""#, 4);
+        assert_eq!(s, "ab");
+        assert!(r.unwrap().truncated);
+        let (s, r) = text_of(r#""ab\n\ncd""#, 3);
+        assert_eq!(s, "ab\n");
+        assert!(r.unwrap().truncated && r.unwrap().any);
+    }
+
+    #[test]
+    fn read_never_fails_on_odd_payloads() {
+        let at = Instant::now();
+        for dialect in [
+            Dialect::OpenAiChat,
+            Dialect::OpenAiCompletions,
+            Dialect::OpenAiResponses,
+            Dialect::AnthropicMessages,
+            Dialect::OllamaChat,
+            Dialect::OllamaGenerate,
+        ] {
+            let mut rec = Record::new(1 << 20);
+            for payload in [
+                &b""[..],
+                b"[DONE]",
+                b"{",
+                b"null",
+                b"[]",
+                b"{}",
+                br#"{"choices":null,"usage":null}"#,
+                br#"{"choices":[],"usage":{"prompt_tokens":"x"}}"#,
+                br#"{"choices":[{"delta":{"content":[1,2]}}]}"#,
+                br#"{"type":"unknown_event","x":{"y":[1]}}"#,
+                br#"{"type":"message_delta","delta":null,"usage":{}}"#,
+                br#"{"type":"response.completed","response":null}"#,
+                br#"{"type":"content_block_delta","delta":{"type":"input_json_delta","partial_json":"{"}}"#,
+                br#"{"message":{"content":null},"done":"yes"}"#,
+                b"\xff\xfe",
+            ] {
+                read_event(dialect, None, payload, &mut rec, at);
+                read_document(dialect, payload, &mut rec, at);
+            }
+            assert!(rec.text.is_empty(), "{dialect}");
+            assert!(rec.invalid > 0, "{dialect}");
+        }
+    }
+
+    #[test]
+    fn read_openai_usage_only_chunk_and_choice_index() {
+        let at = Instant::now();
+        let mut rec = Record::new(1 << 20);
+        let chunks: [&[u8]; 4] = [
+            br#"{"model":"gpt-4o","choices":[{"index":1,"delta":{"content":"other"}},{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}"#,
+            br#"{"model":"ignored","choices":[{"index":0,"delta":{},"finish_reason":"length"}],"usage":null}"#,
+            br#"{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11,"prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":1}}}"#,
+            br#"{"error":{"message":"boom","type":"server_error","param":null,"code":null}}"#,
+        ];
+        for c in chunks {
+            assert_eq!(
+                read_event(Dialect::OpenAiChat, None, c, &mut rec, at),
+                Read::Understood
+            );
+        }
+        assert_eq!(rec.model, "gpt-4o");
+        assert_eq!(rec.text, "Hi");
+        assert_eq!(rec.finish_reason, "length");
+        assert_eq!(
+            rec.usage(),
+            Usage {
+                input: Some(9),
+                output: Some(2),
+                total: Some(11),
+                cached: Some(4),
+                reasoning: Some(1)
+            }
+        );
+        assert_eq!(
+            rec.error,
+            Some(StreamError {
+                kind: Some("server_error".into()),
+                message: Some("boom".into())
+            })
+        );
+    }
+
+    #[test]
+    fn read_error_shapes() {
+        let at = Instant::now();
+        let mut rec = Record::new(16);
+        read_event(
+            Dialect::OllamaChat,
+            None,
+            br#"{"error":"model \"x\" not found"}"#,
+            &mut rec,
+            at,
+        );
+        assert_eq!(
+            rec.error.as_ref().unwrap().message.as_deref(),
+            Some("model \"x\" not found")
+        );
+        let mut rec = Record::new(16);
+        read_event(
+            Dialect::OpenAiResponses,
+            Some(b"error"),
+            br#"{"type":"error","code":"ERR_X","message":"bad","param":null}"#,
+            &mut rec,
+            at,
+        );
+        assert_eq!(
+            rec.error,
+            Some(StreamError {
+                kind: Some("ERR_X".into()),
+                message: Some("bad".into())
+            })
+        );
+        let mut rec = Record::new(16);
+        read_event(
+            Dialect::AnthropicMessages,
+            Some(b"error"),
+            br#"{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}"#,
+            &mut rec,
+            at,
+        );
+        assert_eq!(
+            rec.error.as_ref().unwrap().kind.as_deref(),
+            Some("overloaded_error")
+        );
+        let mut rec = Record::new(16);
+        read_unknown(br#"{"error":{"code":429,"message":"slow down"}}"#, &mut rec);
+        assert_eq!(
+            rec.error,
+            Some(StreamError {
+                kind: Some("429".into()),
+                message: Some("slow down".into())
+            })
+        );
+    }
+}
