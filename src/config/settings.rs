@@ -117,10 +117,13 @@ settings! {
         max_idle_per_upstream: usize => Count::<usize>::between(0, 1_000_000), default 64;
         /// Idle connections older than this are closed.
         idle_timeout: Duration => Time, default Duration::from_secs(90);
-        /// Most connections (idle and busy) per upstream; requests wait for a slot (503 when
-        /// none frees in time).
-        max_connections_per_upstream: usize => Count::<usize>::between(1, 1_000_000),
-            default 1024;
+        /// Most connections (idle and busy) per upstream; past it a request is answered 503
+        /// with `Retry-After` at once. Derived by default: the listeners' client cap (each
+        /// client connection carries one exchange at a time), itself held to what the
+        /// descriptor limit allows.
+        max_connections_per_upstream: Option<usize> =>
+            Optional::new(Count::<usize>::between(1, 1_000_000), "derived"),
+            default None;
     }
 
     /// Retry policy.

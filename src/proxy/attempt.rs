@@ -23,7 +23,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::timeout;
 
 use crate::codec::framing::{self, RequestMeta, ResponseMeta};
 use crate::codec::head::{RequestHead, ResponseHead, ResponseParser};
@@ -347,30 +346,28 @@ where
     }))
 }
 
-/// An upstream connection: an idle keep-alive one at once, else a new one (waiting for a
-/// slot when the upstream is at its connection cap, bounded by the connect timeouts). Only
-/// a wait or a connect goes through the (large, so boxed) checkout future.
+/// An upstream connection: an idle keep-alive one, or a new one if the upstream is below
+/// its connection cap. At the cap the answer is 503 with `Retry-After` at once, not after a
+/// wait. Only a connect goes through the (large, so boxed) checkout future.
 async fn checkout(
     ctx: &AttemptCtx<'_>,
     upstream: &Upstream,
 ) -> Result<PooledConn, Box<AttemptFailure>> {
     let shared = ctx.shared;
-    let slot_wait = shared.config.timeouts.connect + shared.config.timeouts.tls_handshake;
     let checkout = match upstream.pool.try_checkout_idle() {
-        Some(c) => Ok(Ok(c)),
-        None => Box::pin(timeout(slot_wait, upstream.pool.checkout())).await,
+        Some(c) => Ok(Some(c)),
+        None => Box::pin(upstream.pool.checkout_now()).await,
     };
     match checkout {
-        Ok(Ok(c)) => Ok(c),
-        Err(_) => {
-            shared.metrics.timeout("pool_wait");
+        Ok(Some(c)) => Ok(c),
+        Ok(None) => {
             upstream.breaker.on_abandon(Instant::now());
             Err(AttemptFailure::new(
                 ExchangeError::PoolExhausted,
                 FailureKind::Final,
             ))
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             if e.is_timeout() {
                 shared.metrics.timeout("connect");
             }

@@ -169,6 +169,16 @@ impl ExchangeError {
         }
     }
 
+    /// The `Retry-After` (seconds) of the answer: when chunkgate itself is out of room
+    /// (the upstream's connection cap) or every breaker is open.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            ExchangeError::PoolExhausted => Some(1),
+            ExchangeError::BreakerOpen { .. } => Some(1),
+            _ => None,
+        }
+    }
+
     /// Whether the client can still be told: a client that is gone gets no answer.
     pub fn answerable(&self) -> bool {
         !matches!(
@@ -262,7 +272,7 @@ impl fmt::Display for ExchangeError {
             }
             TotalTimeout => f.write_str("the exchange did not finish within the total timeout"),
             PoolExhausted => f.write_str(
-                "the upstream is at its connection limit and no connection freed in time; try again later",
+                "the upstream is at its connection limit; try again later",
             ),
             UpstreamSwitched => f.write_str("the upstream switched protocols without being asked"),
             UpstreamBroke(e) => write!(f, "the upstream's response body broke: {e}"),

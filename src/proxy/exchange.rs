@@ -433,13 +433,16 @@ where
                     if err.answerable() {
                         self.rec.status = err.answer().0;
                         let retries = self.rec.retries.to_string();
-                        let extra: &[(&str, &str)] = if self.rec.retries > 0 {
-                            &[("x-chunkgate-retries", retries.as_str())]
-                        } else {
-                            &[]
-                        };
+                        let wait = err.retry_after_secs().map(|s| s.to_string());
+                        let mut extra: Vec<(&str, &str)> = Vec::new();
+                        if self.rec.retries > 0 {
+                            extra.push(("x-chunkgate-retries", retries.as_str()));
+                        }
+                        if let Some(wait) = wait.as_deref() {
+                            extra.push(("retry-after", wait));
+                        }
                         let id = self.request_id.clone();
-                        self.conn.answer(&err, &id, extra).await;
+                        self.conn.answer(&err, &id, &extra).await;
                     }
                 }
                 false

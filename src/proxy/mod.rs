@@ -55,7 +55,7 @@ use crate::upstream::balance::Group;
 use crate::upstream::retry::RetryPolicy;
 use route::Route;
 
-pub use server::{serve_main, Proxy};
+pub use server::{serve_main, Capacity, Proxy};
 
 /// State shared by every connection of one proxy.
 pub(crate) struct Shared {

@@ -43,8 +43,15 @@ impl Proxy {
     }
 
     /// [`Proxy::bind`] with a metrics registry supplied by the caller.
-    pub async fn bind_with_metrics(config: Config, metrics: Arc<Metrics>) -> io::Result<Proxy> {
+    pub async fn bind_with_metrics(mut config: Config, metrics: Arc<Metrics>) -> io::Result<Proxy> {
         let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
+        let capacity = Capacity::apply(&mut config);
+        tracing::info!(
+            fd_limit = capacity.fd_limit,
+            client_connections = capacity.clients,
+            upstream_connections = capacity.per_upstream,
+            "capacity: client connections across listeners, connections per upstream"
+        );
         let mut groups = Vec::new();
         for u in config.groups.iter().flat_map(|g| &g.upstreams) {
             crate::codec::path::check_prefix(u.url.path_prefix.as_bytes()).map_err(|e| {
@@ -205,6 +212,61 @@ impl Proxy {
         }
         admin_stop.cancel();
         Ok(drained)
+    }
+}
+
+/// What the proxy can hold at once, as [`Capacity::apply`] set it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// The process's open-file limit after raising it to the hard limit.
+    pub fd_limit: u64,
+    /// Client connections across every listener.
+    pub clients: usize,
+    /// Connections per upstream.
+    pub per_upstream: usize,
+}
+
+/// Descriptors kept for everything but exchanges: listeners, the admin port, log files,
+/// the runtime.
+const FD_RESERVE: u64 = 64;
+
+impl Capacity {
+    /// Raise the open-file limit to its hard limit, hold the listeners' client caps to what
+    /// it allows (a streaming exchange needs two descriptors: the client's and the
+    /// upstream's), and derive the per-upstream connection cap from the client cap when it is
+    /// not set: one upstream never needs more connections than there are clients.
+    pub fn apply(config: &mut Config) -> Capacity {
+        let fd_limit = match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(limit) => limit,
+            Err(_) => rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft),
+        };
+        let exchanges = usize::try_from(fd_limit.saturating_sub(FD_RESERVE) / 2)
+            .unwrap_or(usize::MAX)
+            .max(1);
+        let mut left = exchanges;
+        for l in &mut config.listeners {
+            if l.max_connections > left {
+                tracing::warn!(
+                    listen = %l.addr,
+                    configured = l.max_connections,
+                    allowed = left,
+                    fd_limit,
+                    "max_connections lowered to what the open-file limit allows"
+                );
+                l.max_connections = left.max(1);
+            }
+            left = left.saturating_sub(l.max_connections);
+        }
+        let clients: usize = config.listeners.iter().map(|l| l.max_connections).sum();
+        let per_upstream = *config
+            .pool
+            .max_connections_per_upstream
+            .get_or_insert(clients.max(1));
+        Capacity {
+            fd_limit,
+            clients,
+            per_upstream,
+        }
     }
 }
 

@@ -186,8 +186,10 @@ impl UpstreamPool {
     /// 10 ms .. 15 s), closes expired and dead idle connections, and ends once the pool is
     /// dropped (it holds only a weak reference).
     pub fn new(connector: Connector, cfg: &PoolConfig) -> Self {
+        // Without a cap (the proxy always derives one), as many as the semaphore holds.
         let max_connections = cfg
             .max_connections_per_upstream
+            .unwrap_or(Semaphore::MAX_PERMITS)
             .clamp(1, Semaphore::MAX_PERMITS);
         let inner = Arc::new(PoolInner {
             connector,
@@ -270,6 +272,18 @@ impl UpstreamPool {
             reused: false,
             last_used: now,
         })
+    }
+
+    /// Get a connection without waiting for a slot: an idle one, or a new one if a slot is
+    /// free now; `Ok(None)` when the upstream is at its connection cap.
+    pub async fn checkout_now(&self) -> Result<Option<PooledConn>, ConnectError> {
+        if let Some(conn) = self.inner.take_idle() {
+            return Ok(Some(conn));
+        }
+        match Arc::clone(&self.inner.slots).try_acquire_owned() {
+            Ok(permit) => self.connect_new(permit).await.map(Some),
+            Err(_) => Ok(None),
+        }
     }
 
     /// Return a connection for reuse. Call it only after a complete request and a complete,

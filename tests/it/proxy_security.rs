@@ -58,7 +58,7 @@ async fn slow_content_length_bodies_hold_no_upstream_connection() {
     bounded(TEST_LIMIT, async {
         let upstream = ok_upstream().await;
         let mut cfg = config(&[upstream.addr]);
-        cfg.pool.max_connections_per_upstream = 3;
+        cfg.pool.max_connections_per_upstream = Some(3);
         let proxy = TestProxy::start(cfg).await;
         // Three clients announce 100 bytes and send 10: as many as the pool has slots.
         let mut slow = Vec::new();
@@ -339,4 +339,54 @@ async fn absolute_form_for_another_host_is_refused_and_options_star_stays_a_star
         assert_eq!(paths.lock().expect("lock").as_slice(), ["/v1/models", "*"]);
     })
     .await;
+}
+
+#[tokio::test]
+async fn at_the_connection_cap_the_answer_is_503_with_retry_after_at_once() {
+    bounded(TEST_LIMIT, async {
+        let upstream = raw_upstream(|mut peer, _| async move {
+            read_request(&mut peer).await.expect("request");
+            peer.send(CHUNKED_HEAD).await.expect("head");
+            peer.send(&chunk(b"data: 1\n\n")).await.expect("chunk");
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        })
+        .await;
+        let mut cfg = config(&[upstream.addr]);
+        cfg.pool.max_connections_per_upstream = Some(1);
+        cfg.retry.max_attempts = 1;
+        let proxy = TestProxy::start(cfg).await;
+        let mut holder = proxy.connect().await;
+        holder
+            .send(b"GET /v1/stream HTTP/1.1\r\nHost: api.test\r\n\r\n")
+            .await
+            .expect("send");
+        assert_eq!(holder.response_head().await.expect("head").status, 200);
+        let sent = std::time::Instant::now();
+        let mut other = proxy.connect().await;
+        other
+            .send(b"GET /v1/models HTTP/1.1\r\nHost: api.test\r\n\r\n")
+            .await
+            .expect("send");
+        let resp = other.response("GET").await.expect("answer");
+        assert_eq!(resp.head.status, 503);
+        assert_eq!(resp.head.get("retry-after"), Some("1"));
+        assert!(
+            sent.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            sent.elapsed()
+        );
+    })
+    .await;
+}
+
+#[test]
+fn the_default_upstream_cap_holds_what_the_listeners_admit() {
+    let mut cfg = config(&["127.0.0.1:9".parse().expect("addr")]);
+    cfg.pool.max_connections_per_upstream = None;
+    cfg.listeners[0].max_connections = 9_200;
+    let cap = chunkgate::proxy::Capacity::apply(&mut cfg);
+    assert!(cap.fd_limit >= 2 * 9_200 + 64, "fd limit {}", cap.fd_limit);
+    assert_eq!(cap.clients, 9_200);
+    assert_eq!(cap.per_upstream, 9_200);
+    assert_eq!(cfg.pool.max_connections_per_upstream, Some(9_200));
 }

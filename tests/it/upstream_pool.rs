@@ -286,7 +286,7 @@ fn third_checkout_waits_for_a_slot_at_the_cap() {
     run(async {
         let upstream = TestUpstream::start(After::KeepOpen).await;
         let cfg = PoolConfig {
-            max_connections_per_upstream: 2,
+            max_connections_per_upstream: Some(2),
             ..PoolConfig::default()
         };
         let pool = upstream.pool(&cfg);
@@ -323,7 +323,7 @@ fn waiter_at_the_cap_gets_a_checked_in_connection() {
     run(async {
         let upstream = TestUpstream::start(After::KeepOpen).await;
         let cfg = PoolConfig {
-            max_connections_per_upstream: 1,
+            max_connections_per_upstream: Some(1),
             ..PoolConfig::default()
         };
         let pool = upstream.pool(&cfg);
@@ -352,7 +352,7 @@ fn dropped_connection_frees_its_slot() {
     run(async {
         let upstream = TestUpstream::start(After::KeepOpen).await;
         let cfg = PoolConfig {
-            max_connections_per_upstream: 1,
+            max_connections_per_upstream: Some(1),
             ..PoolConfig::default()
         };
         let pool = upstream.pool(&cfg);
@@ -378,7 +378,7 @@ fn cancelled_checkout_leaks_no_slot() {
     run(async {
         let upstream = TestUpstream::start(After::KeepOpen).await;
         let cfg = PoolConfig {
-            max_connections_per_upstream: 1,
+            max_connections_per_upstream: Some(1),
             ..PoolConfig::default()
         };
         let pool = upstream.pool(&cfg);
@@ -404,7 +404,7 @@ fn failed_connect_frees_its_slot() {
         let port = listener.local_addr().expect("addr").port();
         drop(listener);
         let cfg = PoolConfig {
-            max_connections_per_upstream: 1,
+            max_connections_per_upstream: Some(1),
             ..PoolConfig::default()
         };
         let pool = pool_to(port, &cfg);
