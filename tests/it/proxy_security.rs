@@ -345,7 +345,7 @@ async fn absolute_form_for_another_host_is_refused_and_options_star_stays_a_star
 async fn at_the_connection_cap_the_answer_is_503_with_retry_after_at_once() {
     bounded(TEST_LIMIT, async {
         let upstream = raw_upstream(|mut peer, _| async move {
-            read_request(&mut peer).await.expect("request");
+            peer.request().await.expect("request");
             peer.send(CHUNKED_HEAD).await.expect("head");
             peer.send(&chunk(b"data: 1\n\n")).await.expect("chunk");
             tokio::time::sleep(Duration::from_secs(3)).await;
