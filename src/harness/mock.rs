@@ -70,7 +70,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::codec::Decoder;
@@ -79,6 +79,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::codec::chunked::{ChunkedDecoder, Field, Frame, Limits, LAST_CHUNK};
 use crate::harness::client::{pause, write_pieces, Gaps};
+use crate::harness::peer::{
+    Framing, FramingError, HeadError, HeadKind, HeadView, Peer, PeerLimits,
+};
 use crate::harness::script::{mix_seed, StreamScript, CREATED};
 use crate::harness::split::{chunk_cuts, chunk_wire, split_chunk, Pause, SplitStrategy};
 
@@ -379,7 +382,7 @@ struct Request {
     path: String,
     headers: Vec<(String, String)>,
     keep_alive: bool,
-    framing: ReqFraming,
+    framing: Framing,
 }
 
 impl Request {
@@ -406,13 +409,6 @@ impl Request {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ReqFraming {
-    None,
-    Length(u64),
-    Chunked,
-}
-
 /// Why a connection must end after the current answer.
 #[derive(Debug)]
 struct Refused {
@@ -427,96 +423,45 @@ fn refused(status: u16, message: impl Into<String>) -> Refused {
     }
 }
 
-fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, Refused> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let n = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            if buf.len() > MAX_REQUEST_HEAD {
-                return Err(refused(431, "request head too large"));
-            }
-            return Ok(None);
-        }
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(refused(431, "too many header fields"));
-        }
-        Err(e) => return Err(refused(400, format!("invalid request head: {e}"))),
-    };
-    let method = req.method.unwrap_or("").to_string();
-    let path = req.path.unwrap_or("").to_string();
-    let version = req.version.unwrap_or(1);
-    let headers: Vec<(String, String)> = req
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_ascii_lowercase(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
-        .collect();
-    let conn_tokens: Vec<String> = headers
-        .iter()
-        .filter(|(n, _)| n == "connection")
-        .flat_map(|(_, v)| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
-        .collect();
-    let keep_alive = if version == 0 {
-        conn_tokens.iter().any(|t| t == "keep-alive")
-    } else {
-        !conn_tokens.iter().any(|t| t == "close")
-    };
-    let te: Vec<&str> = headers
-        .iter()
-        .filter(|(n, _)| n == "transfer-encoding")
-        .map(|(_, v)| v.as_str())
-        .collect();
-    let cl: Vec<&str> = headers
-        .iter()
-        .filter(|(n, _)| n == "content-length")
-        .map(|(_, v)| v.as_str())
-        .collect();
-    let framing = match (te.as_slice(), cl.as_slice()) {
-        ([], []) => ReqFraming::None,
-        ([], [v]) => {
-            let v = v.trim();
-            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(refused(400, format!("invalid content-length {v:?}")));
-            }
-            ReqFraming::Length(
-                v.parse()
-                    .map_err(|_| refused(400, format!("invalid content-length {v:?}")))?,
-            )
-        }
-        ([v], []) => {
-            let codings: Vec<&str> = v
-                .split(',')
-                .map(str::trim)
-                .filter(|c| !c.is_empty())
-                .collect();
-            if codings.len() == 1 && codings[0].eq_ignore_ascii_case("chunked") {
-                ReqFraming::Chunked
-            } else {
-                return Err(refused(501, format!("unsupported transfer-encoding {v:?}")));
-            }
-        }
-        (_, []) => return Err(refused(400, "several transfer-encoding fields")),
-        ([], _) => return Err(refused(400, "several content-length fields")),
-        _ => return Err(refused(400, "both content-length and transfer-encoding")),
-    };
-    if version == 0 && framing == ReqFraming::Chunked {
-        return Err(refused(400, "transfer-encoding on http/1.0"));
+/// The limits the mock reads request heads with.
+fn head_limits() -> PeerLimits {
+    PeerLimits::default()
+        .max_head_bytes(MAX_REQUEST_HEAD)
+        .max_headers(MAX_REQUEST_HEADERS)
+}
+
+/// The answer to a head the mock cannot read: 431 for one too large, 400 otherwise.
+fn refused_head(e: &HeadError) -> Refused {
+    match e {
+        HeadError::TooLarge { .. } => refused(431, "request head too large"),
+        HeadError::TooManyHeaders { .. } => refused(431, "too many header fields"),
+        e => refused(400, format!("invalid request head: {e}")),
     }
-    Ok(Some((
-        Request {
-            method,
-            path,
-            headers,
-            keep_alive,
-            framing,
-        },
-        n,
-    )))
+}
+
+/// The request a parsed head describes, or why it is refused: 501 for a transfer coding other
+/// than `chunked`, 400 for any other framing problem.
+fn request_of(head: &HeadView<'_, '_>) -> Result<Request, Refused> {
+    let framing = head.request_framing().map_err(|e| match e {
+        FramingError::UnsupportedCoding => refused(501, e.to_string()),
+        e => refused(400, e.to_string()),
+    })?;
+    Ok(Request {
+        method: head.method.to_string(),
+        path: head.target.to_string(),
+        headers: head
+            .fields
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect(),
+        keep_alive: head.keep_alive(),
+        framing,
+    })
 }
 
 /// A request body as read.
@@ -530,42 +475,32 @@ struct Body {
     trailers: Vec<Field>,
 }
 
-async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
-    if buf.capacity() - buf.len() < 4096 {
-        buf.reserve(16 << 10);
-    }
-    stream.read_buf(buf).await
-}
-
 /// Read the body; `keep` says whether to keep its bytes (otherwise only count them).
-async fn read_body(
-    stream: &mut TcpStream,
-    buf: &mut BytesMut,
-    framing: ReqFraming,
-    keep: bool,
-) -> Result<Body, Refused> {
+async fn read_body(peer: &mut Peer, framing: Framing, keep: bool) -> Result<Body, Refused> {
     let mut body = Body::default();
     let too_large = || refused(413, "request body too large");
     match framing {
-        ReqFraming::None => {}
-        ReqFraming::Length(n) => {
+        Framing::None | Framing::Close => {}
+        Framing::Length(n) => {
             if keep && n > MAX_COLLECTED_BODY as u64 {
                 return Err(too_large());
             }
             let mut left = n;
             let mut kept = BytesMut::new();
             while left > 0 {
-                if buf.is_empty() {
-                    match read_more(stream, buf).await {
+                if peer.buf.is_empty() {
+                    match peer.read_more().await {
                         Ok(0) | Err(_) => return Err(refused(400, "request body ended early")),
                         Ok(_) => {}
                     }
                 }
-                let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                let take = usize::try_from(left)
+                    .unwrap_or(usize::MAX)
+                    .min(peer.buf.len());
                 if keep {
-                    kept.extend_from_slice(&buf[..take]);
+                    kept.extend_from_slice(&peer.buf[..take]);
                 }
-                buf.advance(take);
+                peer.buf.advance(take);
                 left -= take as u64;
             }
             body.bytes = n;
@@ -576,11 +511,11 @@ async fn read_body(
                 }
             }
         }
-        ReqFraming::Chunked => {
+        Framing::Chunked => {
             body.chunked = true;
             let mut dec = ChunkedDecoder::new(Limits::default().max_chunk_size(MAX_REQUEST_CHUNK));
             loop {
-                match dec.decode(buf) {
+                match dec.decode(&mut peer.buf) {
                     Ok(Some(Frame::Data(d))) => {
                         body.chunk_count += 1;
                         body.bytes += d.len() as u64;
@@ -593,7 +528,7 @@ async fn read_body(
                     }
                     Ok(Some(Frame::Trailers(t))) => body.trailers = t,
                     Ok(Some(Frame::End)) => break,
-                    Ok(None) => match read_more(stream, buf).await {
+                    Ok(None) => match peer.read_more().await {
                         Ok(0) | Err(_) => return Err(refused(400, "request body ended early")),
                         Ok(_) => {}
                     },
@@ -616,73 +551,65 @@ enum After {
     Gone,
 }
 
-async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>) {
+async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
     if stream.set_nodelay(true).is_err() {
         return;
     }
-    let mut buf = BytesMut::with_capacity(8 << 10);
+    let mut peer =
+        Peer::with_buffer(stream, BytesMut::with_capacity(8 << 10)).with_limits(head_limits());
     loop {
         // Read a head, bounded by the idle timeout.
-        let head = tokio::time::timeout(shared.opts.idle_timeout, async {
-            loop {
-                match parse_request(&buf) {
-                    Ok(Some(r)) => return Ok(Some(r)),
-                    Ok(None) => {}
-                    Err(e) => return Err(e),
-                }
-                match read_more(&mut stream, &mut buf).await {
-                    Ok(0) | Err(_) => return Ok(None),
-                    Ok(_) => {}
-                }
-            }
-        })
+        let head = tokio::time::timeout(
+            shared.opts.idle_timeout,
+            peer.next_head_with(HeadKind::Request, request_of),
+        )
         .await;
-        let (req, n) = match head {
+        let req = match head {
+            Ok(Ok(Some(Ok(req)))) => req,
+            Ok(Ok(Some(Err(e)))) => return refuse(&mut peer.stream, e).await,
+            Ok(Err(e)) => match HeadError::of(&e) {
+                Some(e) => return refuse(&mut peer.stream, refused_head(e)).await,
+                // Closed or failed inside a head: nobody to answer.
+                None => return,
+            },
             Err(_) | Ok(Ok(None)) => return,
-            Ok(Err(e)) => {
-                let _ = write_error(&mut stream, e.status, &e.message, None, false).await;
-                return;
-            }
-            Ok(Ok(Some(r))) => r,
         };
-        buf.advance(n);
         shared.stats.requests.fetch_add(1, Ordering::Relaxed);
-        match handle(&mut stream, &mut buf, &req, &shared).await {
+        match handle(&mut peer, &req, &shared).await {
             After::KeepAlive if req.keep_alive => {}
             After::Gone => return,
             _ => {
-                let _ = stream.shutdown().await;
+                let _ = peer.stream.shutdown().await;
                 return;
             }
         }
     }
+}
+
+/// Answer a refused request; the connection ends after it.
+async fn refuse(stream: &mut TcpStream, e: Refused) {
+    let _ = write_error(stream, e.status, &e.message, None, false).await;
 }
 
 fn route_keeps_body(path: &str) -> bool {
     path != "/sink"
 }
 
-async fn handle(
-    stream: &mut TcpStream,
-    buf: &mut BytesMut,
-    req: &Request,
-    shared: &Shared,
-) -> After {
+async fn handle(peer: &mut Peer, req: &Request, shared: &Shared) -> After {
     let path = req.path.split('?').next().unwrap_or("").to_string();
     let expects_continue = req
         .header("expect")
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"));
-    if expects_continue && req.framing != ReqFraming::None {
-        let sent = stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
-        if sent.is_err() || stream.flush().await.is_err() {
-            return After::Gone;
-        }
+    let interim = b"HTTP/1.1 100 Continue\r\n\r\n";
+    if expects_continue && req.framing != Framing::None && peer.send(interim).await.is_err() {
+        return After::Gone;
     }
-    let read = read_body(stream, buf, req.framing, route_keeps_body(&path));
-    let body = match tokio::time::timeout(shared.opts.idle_timeout, read)
+    let read = read_body(peer, req.framing, route_keeps_body(&path));
+    let body = tokio::time::timeout(shared.opts.idle_timeout, read)
         .await
-        .unwrap_or_else(|_| Err(refused(408, "request body timed out")))
-    {
+        .unwrap_or_else(|_| Err(refused(408, "request body timed out")));
+    let stream = &mut peer.stream;
+    let body = match body {
         Ok(b) => b,
         Err(e) => {
             let _ = write_error(stream, e.status, &e.message, None, false).await;
@@ -731,7 +658,7 @@ async fn handle(
         ("POST", "/echo") => {
             let b64 = base64::engine::general_purpose::STANDARD;
             let json = serde_json::json!({
-                "framing": if body.chunked { "chunked" } else if req.framing == ReqFraming::None { "none" } else { "length" },
+                "framing": if body.chunked { "chunked" } else if req.framing == Framing::None { "none" } else { "length" },
                 "chunk_count": body.chunk_count,
                 "bytes": body.bytes,
                 "reassembled": body.reassembled,
@@ -752,7 +679,7 @@ async fn handle(
         }
         ("POST", "/sink") => {
             let json = serde_json::json!({
-                "framing": if body.chunked { "chunked" } else if req.framing == ReqFraming::None { "none" } else { "length" },
+                "framing": if body.chunked { "chunked" } else if req.framing == Framing::None { "none" } else { "length" },
                 "chunk_count": body.chunk_count,
                 "bytes": body.bytes,
             });
@@ -1202,6 +1129,7 @@ pub(crate) async fn wait_for_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::harness::peer::parse_head_with;
 
     #[test]
     fn fault_parses_every_item() {
@@ -1239,16 +1167,23 @@ mod tests {
         }
     }
 
+    /// The request in `raw` as the mock reads it: `Ok(None)` while incomplete.
+    fn parse_request(raw: &[u8]) -> Result<Option<Request>, Refused> {
+        parse_head_with(raw, HeadKind::Request, &head_limits(), request_of)
+            .map_err(|e| refused_head(&e))?
+            .transpose()
+    }
+
     #[test]
     fn parse_request_decides_framing_strictly() {
-        let ok = |raw: &[u8]| parse_request(raw).unwrap().unwrap().0;
+        let ok = |raw: &[u8]| parse_request(raw).unwrap().unwrap();
         assert_eq!(
             ok(b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n").framing,
-            ReqFraming::Chunked
+            Framing::Chunked
         );
         assert_eq!(
             ok(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 12\r\n\r\n").framing,
-            ReqFraming::Length(12)
+            Framing::Length(12)
         );
         assert!(!ok(b"GET / HTTP/1.0\r\n\r\n").keep_alive);
         assert!(!ok(b"GET / HTTP/1.1\r\nconnection: close\r\n\r\n").keep_alive);
@@ -1266,5 +1201,13 @@ mod tests {
             Some(400)
         );
         assert_eq!(status(b"POST / HTTP/1.1\r\n"), None);
+        let many: String = (0..=MAX_REQUEST_HEADERS)
+            .map(|i| format!("x-{i}: 1\r\n"))
+            .collect();
+        assert_eq!(
+            status(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes()),
+            Some(431)
+        );
+        assert_eq!(status(b"GET / HTTP/1.1\r\nhost: x\n\r\n"), Some(400));
     }
 }

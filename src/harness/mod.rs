@@ -3,7 +3,9 @@
 //! - [`split`]: where a writer cuts each chunk's wire bytes into separate TCP writes.
 //! - [`script`]: the deterministic OpenAI-style content the mock sends.
 //! - [`mock`]: the mock upstream (`chunkgate mock-upstream`), with fault injection.
-//! - [`client`]: the strict raw client that records every chunk boundary exactly.
+//! - [`peer`]: the raw HTTP/1.1 peer (one head parser, strict body readers that record every
+//!   chunk boundary exactly) shared by the client, the mock, the load tool and the tests.
+//! - [`client`]: the measuring client: writes a request as told, reads the answer as a peer.
 //! - [`sse`]: checks that a piece of a stream is whole SSE events with JSON data.
 //! - [`verify`]: comparing chunks sent with chunks received, and hex dumps of failures.
 //! - [`naive`]: a client that treats each TCP read as a whole message, as frameworks that
@@ -17,6 +19,7 @@ pub mod demo;
 pub mod exchange_oracle;
 pub mod mock;
 pub mod naive;
+pub mod peer;
 pub mod runner;
 pub mod script;
 pub mod split;

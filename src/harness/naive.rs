@@ -30,10 +30,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
+use crate::harness::peer::Peer;
 use crate::harness::sse::{check_events, delta_content};
 
 /// Longest size line the naive reader accepts.
@@ -241,8 +241,7 @@ pub async fn run(
     deadline: Duration,
 ) -> io::Result<NaiveView> {
     let fut = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
+        let mut peer = Peer::connect(addr).await?;
         let mut head = format!(
             "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
             body.len()
@@ -252,46 +251,19 @@ pub async fn run(
         }
         head.push_str("connection: close\r\n\r\n");
         head.push_str(body);
-        stream.write_all(head.as_bytes()).await?;
-        let mut buf = BytesMut::with_capacity(16 << 10);
-        let body_start = loop {
-            if stream.read_buf(&mut buf).await? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed before the response head",
-                ));
-            }
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let mut resp = httparse::Response::new(&mut headers);
-            match resp.parse(&buf) {
-                Ok(httparse::Status::Complete(n)) => {
-                    if resp.code != Some(200) {
-                        return Err(io::Error::other(format!(
-                            "status {}",
-                            resp.code.unwrap_or(0)
-                        )));
-                    }
-                    let chunked = resp.headers.iter().any(|h| {
-                        h.name.eq_ignore_ascii_case("transfer-encoding")
-                            && String::from_utf8_lossy(h.value)
-                                .to_ascii_lowercase()
-                                .contains("chunked")
-                    });
-                    if !chunked {
-                        return Err(io::Error::other("response is not chunked"));
-                    }
-                    break n;
-                }
-                Ok(httparse::Status::Partial) if buf.len() < 64 << 10 => {}
-                Ok(httparse::Status::Partial) => {
-                    return Err(io::Error::other("response head too large"))
-                }
-                Err(e) => return Err(io::Error::other(format!("invalid response head: {e}"))),
-            }
-        };
+        peer.stream.write_all(head.as_bytes()).await?;
+        let answer = peer.response_head().await?;
+        if answer.status != 200 {
+            return Err(io::Error::other(format!("status {}", answer.status)));
+        }
+        if !answer.is_chunked() {
+            return Err(io::Error::other("response is not chunked"));
+        }
         let mut reader = PartialChunks::default();
         let mut view = NaiveView::default();
-        let mut read = buf.split_off(body_start);
+        // From here on, each read is handed out as it came, first what came with the head
+        // (with the rest of the buffer's room for the reads that follow).
+        let mut read = peer.buf.split_off(0);
         loop {
             let pieces = reader.feed(&read).map_err(io::Error::other)?;
             for p in &pieces {
@@ -301,7 +273,7 @@ pub async fn run(
                 break;
             }
             read.clear();
-            if stream.read_buf(&mut read).await? == 0 {
+            if peer.stream.read_buf(&mut read).await? == 0 {
                 break;
             }
         }

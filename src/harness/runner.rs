@@ -36,8 +36,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::config::UpstreamUrl;
-use crate::harness::client::{exchange, request_head, Framing, Gaps};
+use crate::harness::client::{exchange, request_head_bytes, Gaps};
 use crate::harness::mock::{MockOptions, MockUpstream};
+use crate::harness::peer::Framing;
 use crate::harness::script::{mix_seed, request_chunks, StreamScript};
 use crate::harness::split::{classic_body, split_body, Piece, SplitStrategy};
 use crate::harness::verify::{compare_chunks, verify_stream, CaseStats, Failure, StreamChecks};
@@ -318,18 +319,11 @@ async fn response_case(cfg: &HarnessConfig, spec: CaseSpec) -> Result<CaseStats,
         ("x-mock-timestamps", "0".to_string()),
     ];
     let path = format!("{}/v1/chat/completions", cfg.path_prefix);
-    let mut request = request_head("POST", &path, &cfg.host, &fields);
+    let mut request = request_head_bytes("POST", &path, &cfg.host, &fields);
     request.extend_from_slice(body.as_bytes());
-    let resp = exchange(
-        cfg.target,
-        &request,
-        &[],
-        gaps(cfg),
-        false,
-        cfg.case_timeout,
-    )
-    .await
-    .map_err(|e| Failure::new(format!("exchange failed: {e}")))?;
+    let resp = exchange(cfg.target, &request, &[], gaps(cfg), cfg.case_timeout)
+        .await
+        .map_err(|e| Failure::new(format!("exchange failed: {e}")))?;
     verify_stream(
         &script.events(),
         &resp,
@@ -355,22 +349,15 @@ async fn request_case(cfg: &HarnessConfig, spec: CaseSpec) -> Result<CaseStats, 
         ("transfer-encoding", "chunked".to_string()),
     ];
     let path = format!("{}/echo", cfg.path_prefix);
-    let head = request_head("POST", &path, &cfg.host, &fields);
-    let resp = exchange(
-        cfg.target,
-        &head,
-        &pieces,
-        gaps(cfg),
-        false,
-        cfg.case_timeout,
-    )
-    .await
-    .map_err(|e| Failure::new(format!("exchange failed: {e}")))?;
-    if resp.status != 200 {
+    let head = request_head_bytes("POST", &path, &cfg.host, &fields);
+    let resp = exchange(cfg.target, &head, &pieces, gaps(cfg), cfg.case_timeout)
+        .await
+        .map_err(|e| Failure::new(format!("exchange failed: {e}")))?;
+    if resp.head.status != 200 {
         let body = String::from_utf8_lossy(&resp.body[..resp.body.len().min(200)]).into_owned();
         return Err(Failure::new(format!(
             "status {} (expected 200): {body}",
-            resp.status
+            resp.head.status
         )));
     }
     if resp.framing == Framing::None || resp.body.is_empty() {
@@ -551,18 +538,11 @@ pub async fn resolve_target(url: &str) -> Result<(SocketAddr, String, String), S
 
 /// Check that a chunkgate mock upstream answers at `addr`.
 async fn check_mock(addr: SocketAddr) -> Result<(), String> {
-    let head = request_head("GET", "/v1/models", &addr.to_string(), &[]);
-    let resp = exchange(
-        addr,
-        &head,
-        &[],
-        Gaps::default(),
-        false,
-        Duration::from_secs(5),
-    )
-    .await
-    .map_err(|e| format!("no mock upstream at {addr}: {e}"))?;
-    let ok = resp.status == 200
+    let head = request_head_bytes("GET", "/v1/models", &addr.to_string(), &[]);
+    let resp = exchange(addr, &head, &[], Gaps::default(), Duration::from_secs(5))
+        .await
+        .map_err(|e| format!("no mock upstream at {addr}: {e}"))?;
+    let ok = resp.head.status == 200
         && serde_json::from_slice::<serde_json::Value>(&resp.body)
             .ok()
             .is_some_and(|v| v["data"][0]["owned_by"] == "chunkgate");

@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::harness::client::{BodyEnd, Framing, RawResponse};
+use crate::harness::peer::{BodyEnd, Framing, RawResponse};
 use crate::harness::sse::check_events;
 
 /// Why a case failed: a one-line message and, where bytes explain it, a hex dump.
@@ -203,11 +203,11 @@ pub fn verify_stream(
     resp: &RawResponse,
     checks: StreamChecks,
 ) -> Result<CaseStats, Failure> {
-    if resp.status != 200 {
+    if resp.head.status != 200 {
         let body = String::from_utf8_lossy(&resp.body[..resp.body.len().min(200)]).into_owned();
         return Err(Failure::new(format!(
             "status {} (expected 200): {body}",
-            resp.status
+            resp.head.status
         )));
     }
     if resp.framing != Framing::Chunked {
@@ -216,9 +216,9 @@ pub fn verify_stream(
             resp.framing
         )));
     }
-    let received: Vec<Bytes> = resp.chunks.iter().map(|c| c.payload.clone()).collect();
+    let received = resp.chunks();
     let mut problems = Vec::new();
-    let compared = compare_chunks(expected, &received);
+    let compared = compare_chunks(expected, received);
     let not_utf8 = received
         .iter()
         .filter(|c| std::str::from_utf8(c).is_err())
@@ -244,6 +244,7 @@ pub fn verify_stream(
         BodyEnd::Cut => problems.push("stream cut before its last chunk".to_string()),
         BodyEnd::Reset(e) => problems.push(format!("connection failed mid-stream: {e}")),
         BodyEnd::Malformed(e) => problems.push(format!("invalid chunked framing: {e}")),
+        BodyEnd::TooLarge => problems.push("stream over the client's body limit".to_string()),
     }
     match compared {
         Ok(()) if problems.is_empty() => Ok(CaseStats {

@@ -3,17 +3,16 @@
 //! The load tool speaks HTTP itself instead of going through a general client so that it adds
 //! as little CPU and delay of its own as possible, and so that it sees chunk boundaries exactly
 //! as they came off the wire (through [`ChunkedDecoder`](crate::codec::chunked::ChunkedDecoder)).
+//! Connections are [`Peer`]s: heads are read with the harness's one head parser, in place,
+//! without allocating.
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 
-use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::Buf;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-/// Largest response or request head the tool accepts: 64 KiB.
-pub const MAX_HEAD_BYTES: usize = 64 << 10;
-/// Most header fields in a head the tool accepts.
-pub const MAX_HEADERS: usize = 64;
+use crate::harness::peer::{Framing, HeadView, Peer};
 
 /// A parsed `http://host:port/prefix` target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,114 +58,38 @@ impl Target {
     }
 }
 
-/// How a message body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyKind {
-    /// No body.
-    None,
-    /// `Content-Length` bytes.
-    Length(u64),
-    /// `Transfer-Encoding: chunked`.
-    Chunked,
-    /// Until the connection closes (responses only).
-    Close,
-}
-
 /// What the load tool needs from a response head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResponseHead {
-    /// Status code (never 1xx: interim responses are skipped).
+    /// Status code (never interim: those are skipped).
     pub status: u16,
     /// How the body is delimited.
-    pub body: BodyKind,
+    pub body: Framing,
     /// The connection closes after this response.
     pub close: bool,
 }
 
-/// Read and parse one response head into `buf`, skipping interim (1xx) responses; the head's
-/// bytes are consumed and any body bytes that came with it stay in `buf`.
-///
-/// Cancel safety: not cancel safe (a partly read head is lost with the future).
-pub async fn read_response_head<R: AsyncRead + Unpin>(
-    r: &mut R,
-    buf: &mut BytesMut,
-) -> io::Result<ResponseHead> {
-    loop {
-        if !buf.is_empty() {
-            if let Some((head, len)) = parse_response_head(buf)? {
-                buf.advance(len);
-                if (100..200).contains(&head.status) {
-                    continue;
-                }
-                return Ok(head);
-            }
-            if buf.len() >= MAX_HEAD_BYTES {
-                return Err(invalid_data("response head too large"));
-            }
-        }
-        buf.reserve(4096);
-        if r.read_buf(buf).await? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "connection closed before a response head",
-            ));
-        }
+impl ResponseHead {
+    /// What the tool needs from a parsed head (the tool never sends `HEAD`).
+    pub fn of(head: &HeadView<'_, '_>) -> io::Result<ResponseHead> {
+        let body = head.response_framing("GET")?;
+        Ok(ResponseHead {
+            status: head.status,
+            body,
+            close: body == Framing::Close || !head.keep_alive(),
+        })
     }
 }
 
-fn parse_response_head(buf: &[u8]) -> io::Result<Option<(ResponseHead, usize)>> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(invalid_data(format!("invalid response head: {e}"))),
-    };
-    let status = resp.code.unwrap_or(0);
-    let mut close = resp.version == Some(0);
-    let mut length = None;
-    let mut chunked = false;
-    for h in resp.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let v = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .ok_or_else(|| invalid_data("invalid content-length in response"))?;
-            length = Some(v);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = h
-                .value
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            for t in h.value.split(|&b| b == b',') {
-                let t = t.trim_ascii();
-                if t.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if t.eq_ignore_ascii_case(b"keep-alive") && resp.version == Some(0) {
-                    close = false;
-                }
-            }
-        }
-    }
-    let body = if status == 204 || status == 304 || (100..200).contains(&status) {
-        BodyKind::None
-    } else if chunked {
-        BodyKind::Chunked
-    } else if let Some(n) = length {
-        BodyKind::Length(n)
-    } else {
-        close = true;
-        BodyKind::Close
-    };
-    Ok(Some((
-        ResponseHead {
-            status,
-            body,
-            close,
-        },
-        len,
-    )))
+/// Read response heads until a final one and return what the tool needs from it; the head's
+/// bytes are consumed and any body bytes that came with it stay in the peer's buffer. Allocates
+/// nothing.
+///
+/// Cancel safety: cancel safe between heads (see [`Peer::final_head_with`]).
+pub async fn read_response_head<S: AsyncRead + Unpin>(
+    peer: &mut Peer<S>,
+) -> io::Result<ResponseHead> {
+    peer.final_head_with(ResponseHead::of).await?
 }
 
 /// Write all of `parts` with vectored writes, retrying after short writes, so a chunk's size
@@ -201,34 +124,27 @@ pub async fn write_all_vectored<W: AsyncWrite + Unpin, const N: usize>(
     Ok(())
 }
 
-/// Read and drop a `Content-Length` body, `buf` first.
-pub async fn skip_length_body<R: AsyncRead + Unpin>(
-    r: &mut R,
-    buf: &mut BytesMut,
+/// Read and drop a `Content-Length` body, buffered bytes first.
+pub async fn skip_length_body<S: AsyncRead + Unpin>(
+    peer: &mut Peer<S>,
     mut remaining: u64,
 ) -> io::Result<()> {
     loop {
-        let take = remaining.min(buf.len() as u64) as usize;
-        buf.advance(take);
+        let take = remaining.min(peer.buf.len() as u64) as usize;
+        peer.buf.advance(take);
         remaining -= take as u64;
         if remaining == 0 {
             return Ok(());
         }
-        buf.reserve(16 << 10);
-        if r.read_buf(buf).await? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "connection closed inside a body",
-            ));
-        }
+        peer.read_more_inside("a body").await?;
     }
 }
 
-/// Read a whole (small) body of any framing into memory, `buf` first; at most `max` bytes.
-pub async fn read_body_to_vec<R: AsyncRead + Unpin>(
-    r: &mut R,
-    buf: &mut BytesMut,
-    kind: BodyKind,
+/// Read a whole (small) body of any framing into memory, buffered bytes first; at most `max`
+/// bytes.
+pub async fn read_body_to_vec<S: AsyncRead + Unpin>(
+    peer: &mut Peer<S>,
+    kind: Framing,
     max: usize,
 ) -> io::Result<Vec<u8>> {
     use crate::codec::chunked::{ChunkedDecoder, Frame, Limits};
@@ -236,28 +152,22 @@ pub async fn read_body_to_vec<R: AsyncRead + Unpin>(
     let too_large = || invalid_data(format!("body over {max} bytes"));
     let mut body = Vec::new();
     match kind {
-        BodyKind::None => {}
-        BodyKind::Length(n) => {
+        Framing::None => {}
+        Framing::Length(n) => {
             let n = usize::try_from(n)
                 .ok()
                 .filter(|&n| n <= max)
                 .ok_or_else(too_large)?;
-            while buf.len() < n {
-                buf.reserve(n - buf.len());
-                if r.read_buf(buf).await? == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "connection closed inside a body",
-                    ));
-                }
+            while peer.buf.len() < n {
+                peer.read_more_inside("a body").await?;
             }
-            body.extend_from_slice(&buf.split_to(n));
+            body.extend_from_slice(&peer.buf.split_to(n));
         }
-        BodyKind::Chunked => {
+        Framing::Chunked => {
             let mut decoder = ChunkedDecoder::new(Limits::default());
             loop {
                 match decoder
-                    .decode(buf)
+                    .decode(&mut peer.buf)
                     .map_err(|e| invalid_data(e.to_string()))?
                 {
                     Some(Frame::Data(d)) => {
@@ -269,24 +179,17 @@ pub async fn read_body_to_vec<R: AsyncRead + Unpin>(
                     Some(Frame::Trailers(_)) => {}
                     Some(Frame::End) => break,
                     None => {
-                        buf.reserve(4096);
-                        if r.read_buf(buf).await? == 0 {
-                            return Err(io::Error::new(
-                                io::ErrorKind::UnexpectedEof,
-                                "connection closed inside a chunked body",
-                            ));
-                        }
+                        peer.read_more_inside("a chunked body").await?;
                     }
                 }
             }
         }
-        BodyKind::Close => loop {
-            if buf.len() > max {
+        Framing::Close => loop {
+            if peer.buf.len() > max {
                 return Err(too_large());
             }
-            buf.reserve(4096);
-            if r.read_buf(buf).await? == 0 {
-                body.extend_from_slice(&buf.split());
+            if peer.read_more().await? == 0 {
+                body.extend_from_slice(&peer.buf.split());
                 break;
             }
         },
@@ -309,7 +212,11 @@ pub(crate) fn invalid_input(msg: impl Into<String>) -> io::Error {
 
 #[cfg(test)]
 mod tests {
+    use bytes::BytesMut;
+    use tokio::io::AsyncReadExt;
+
     use super::*;
+    use crate::harness::peer::{parse_head_with, HeadKind, PeerLimits};
 
     #[test]
     fn target_parse_literal_and_prefix() {
@@ -321,6 +228,15 @@ mod tests {
         assert!(Target::parse("http:///x").is_err());
     }
 
+    /// The head at the front of `buf` as the tool reads it, and its length.
+    fn parse_response_head(buf: &[u8]) -> io::Result<Option<(ResponseHead, usize)>> {
+        let limits = PeerLimits::default();
+        parse_head_with(buf, HeadKind::Response, &limits, |v| {
+            ResponseHead::of(v).map(|h| (h, v.len))
+        })?
+        .transpose()
+    }
+
     #[test]
     fn response_head_framing() {
         let (h, n) =
@@ -328,19 +244,19 @@ mod tests {
                 .unwrap()
                 .unwrap();
         assert_eq!(n, 47);
-        assert_eq!(h.body, BodyKind::Chunked);
+        assert_eq!(h.body, Framing::Chunked);
         assert!(!h.close);
         let (h, _) = parse_response_head(
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n",
         )
         .unwrap()
         .unwrap();
-        assert_eq!(h.body, BodyKind::Length(5));
+        assert_eq!(h.body, Framing::Length(5));
         assert!(h.close);
         let (h, _) = parse_response_head(b"HTTP/1.0 200 OK\r\n\r\n")
             .unwrap()
             .unwrap();
-        assert_eq!(h.body, BodyKind::Close);
+        assert_eq!(h.body, Framing::Close);
         assert!(h.close);
         assert!(parse_response_head(b"HTTP/1.1 200 OK\r\n")
             .unwrap()
@@ -349,32 +265,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn response_head_skips_interim_answers() {
+        let wire: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\nrest";
+        let mut peer = Peer::new(wire);
+        let h = read_response_head(&mut peer).await.unwrap();
+        assert_eq!((h.status, h.body), (204, Framing::None));
+        assert_eq!(&peer.buf[..], b"rest");
+    }
+
+    #[tokio::test]
     async fn body_reader_handles_every_framing() {
-        let mut buf = BytesMut::from(&b"3\r\nabc"[..]);
-        let mut rest: &[u8] = b"\r\n2\r\nde\r\n0\r\n\r\n";
-        let body = read_body_to_vec(&mut rest, &mut buf, BodyKind::Chunked, 100)
+        let rest: &[u8] = b"\r\n2\r\nde\r\n0\r\n\r\n";
+        let mut peer = Peer::with_buffer(rest, BytesMut::from(&b"3\r\nabc"[..]));
+        let body = read_body_to_vec(&mut peer, Framing::Chunked, 100)
             .await
             .unwrap();
         assert_eq!(body, b"abcde");
-        let mut buf = BytesMut::from(&b"ab"[..]);
-        let mut rest: &[u8] = b"cdXY";
-        let body = read_body_to_vec(&mut rest, &mut buf, BodyKind::Length(4), 100)
+        let rest: &[u8] = b"cdXY";
+        let mut peer = Peer::with_buffer(rest, BytesMut::from(&b"ab"[..]));
+        let body = read_body_to_vec(&mut peer, Framing::Length(4), 100)
             .await
             .unwrap();
         assert_eq!(body, b"abcd");
-        assert_eq!(&buf[..], b"XY", "bytes after the body stay buffered");
-        let mut buf = BytesMut::new();
-        let mut rest: &[u8] = b"until close";
-        let body = read_body_to_vec(&mut rest, &mut buf, BodyKind::Close, 100)
+        assert_eq!(&peer.buf[..], b"XY", "bytes after the body stay buffered");
+        let mut peer = Peer::new(&b"until close"[..]);
+        let body = read_body_to_vec(&mut peer, Framing::Close, 100)
             .await
             .unwrap();
         assert_eq!(body, b"until close");
-        let mut rest: &[u8] = b"";
-        assert!(
-            read_body_to_vec(&mut rest, &mut BytesMut::new(), BodyKind::Length(101), 100)
-                .await
-                .is_err()
-        );
+        let mut peer = Peer::new(&b""[..]);
+        assert!(read_body_to_vec(&mut peer, Framing::Length(101), 100)
+            .await
+            .is_err());
     }
 
     #[tokio::test]

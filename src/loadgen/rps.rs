@@ -11,8 +11,9 @@ use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
 
 use super::hist::Histogram;
-use super::http::{invalid_data, read_response_head, skip_length_body, BodyKind, Target};
+use super::http::{invalid_data, read_response_head, skip_length_body, Target};
 use crate::codec::chunked::{ChunkedDecoder, Frame, Limits};
+use crate::harness::peer::{Framing, Peer};
 
 /// Longest wait for one response before the connection is counted as failed.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -68,26 +69,26 @@ async fn requests_on_one_connection(
     request: &[u8],
     stats: &RpsStats,
 ) -> io::Result<()> {
-    let mut stream = TcpStream::connect(addr).await?;
+    let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
-    let mut buf = BytesMut::with_capacity(8192);
+    let mut peer = Peer::with_buffer(stream, BytesMut::with_capacity(8192));
     let mut decoder = ChunkedDecoder::new(Limits::default());
     while !stats.stop.load(Ordering::Relaxed) {
         let start = Instant::now();
         let close = tokio::time::timeout(REQUEST_TIMEOUT, async {
-            stream.write_all(request).await?;
-            let head = read_response_head(&mut stream, &mut buf).await?;
+            peer.stream.write_all(request).await?;
+            let head = read_response_head(&mut peer).await?;
             if head.status != 200 {
                 return Err(invalid_data(format!("status {}", head.status)));
             }
             match head.body {
-                BodyKind::None => {}
-                BodyKind::Length(n) => skip_length_body(&mut stream, &mut buf, n).await?,
-                BodyKind::Chunked => {
+                Framing::None => {}
+                Framing::Length(n) => skip_length_body(&mut peer, n).await?,
+                Framing::Chunked => {
                     decoder.reset();
-                    skip_chunked_body(&mut stream, &mut buf, &mut decoder).await?;
+                    skip_chunked_body(&mut peer, &mut decoder).await?;
                 }
-                BodyKind::Close => return Err(invalid_data("response delimited by close")),
+                Framing::Close => return Err(invalid_data("response delimited by close")),
             }
             Ok::<bool, io::Error>(head.close)
         })
@@ -104,27 +105,16 @@ async fn requests_on_one_connection(
     Ok(())
 }
 
-async fn skip_chunked_body(
-    stream: &mut TcpStream,
-    buf: &mut BytesMut,
-    decoder: &mut ChunkedDecoder,
-) -> io::Result<()> {
-    use tokio::io::AsyncReadExt;
+async fn skip_chunked_body(peer: &mut Peer, decoder: &mut ChunkedDecoder) -> io::Result<()> {
     loop {
         match decoder
-            .decode(buf)
+            .decode(&mut peer.buf)
             .map_err(|e| invalid_data(e.to_string()))?
         {
             Some(Frame::End) => return Ok(()),
             Some(_) => {}
             None => {
-                buf.reserve(8192);
-                if stream.read_buf(buf).await? == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "connection closed inside a chunked body",
-                    ));
-                }
+                peer.read_more_inside("a chunked body").await?;
             }
         }
     }

@@ -14,15 +14,15 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use memchr::memmem;
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_util::codec::Decoder;
 
 use super::hist::Histogram;
-use super::http::{invalid_data, read_response_head, BodyKind, Target};
+use super::http::{invalid_data, read_response_head, Target};
 use super::upstream::unix_nanos;
 use crate::codec::chunked::{ChunkedDecoder, Frame, Limits};
+use crate::harness::peer::{Framing, Peer};
 
 /// What one run of streams is asked to do.
 #[derive(Debug, Clone)]
@@ -149,17 +149,17 @@ async fn one_stream(
         .acquire()
         .await
         .map_err(|_| io::Error::other("connect limiter closed"))?;
-    let mut stream = TcpStream::connect(addr).await?;
+    let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
+    let mut peer = Peer::with_buffer(stream, BytesMut::with_capacity(4096));
     let sent = Instant::now();
-    super::http::write_all(&mut stream, request).await?;
-    let mut buf = BytesMut::with_capacity(4096);
-    let head = read_response_head(&mut stream, &mut buf).await?;
+    super::http::write_all(&mut peer.stream, request).await?;
+    let head = read_response_head(&mut peer).await?;
     drop(permit);
     if head.status != 200 {
         return Err(invalid_data(format!("status {}", head.status)));
     }
-    if head.body != BodyKind::Chunked {
+    if head.body != Framing::Chunked {
         return Err(invalid_data("stream response is not chunked"));
     }
     let mut recv_ns = unix_nanos();
@@ -168,7 +168,7 @@ async fn one_stream(
     let mut events = EventReader::new(tokens);
     loop {
         match decoder
-            .decode(&mut buf)
+            .decode(&mut peer.buf)
             .map_err(|e| invalid_data(e.to_string()))?
         {
             Some(Frame::Data(chunk)) => {
@@ -187,13 +187,8 @@ async fn one_stream(
             Some(Frame::Trailers(_)) => {}
             Some(Frame::End) => break,
             None => {
-                buf.reserve(4096);
-                if stream.read_buf(&mut buf).await? == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "stream ended without its last chunk",
-                    ));
-                }
+                peer.read_more_inside("a stream, before its last chunk")
+                    .await?;
                 recv_ns = unix_nanos();
                 recv_at = Instant::now();
             }

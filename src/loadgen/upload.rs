@@ -9,6 +9,7 @@ use tokio::net::TcpStream;
 
 use super::http::{invalid_data, read_body_to_vec, read_response_head, Target};
 use crate::codec::chunked::{SizeLine, CRLF, LAST_CHUNK};
+use crate::harness::peer::Peer;
 
 /// Chunks framed into one write block (so the client's own cost is one large write per block).
 const CHUNKS_PER_BLOCK: usize = 64;
@@ -58,15 +59,15 @@ async fn upload_inner(target: &Target, payload_bytes: u64, chunk_bytes: usize) -
     }
     stream.write_all(LAST_CHUNK).await?;
 
-    let mut buf = BytesMut::with_capacity(1024);
-    let head = read_response_head(&mut stream, &mut buf).await?;
+    let mut peer = Peer::with_buffer(stream, BytesMut::with_capacity(1024));
+    let head = read_response_head(&mut peer).await?;
     if head.status != 200 {
         return Err(invalid_data(format!(
             "upload answered status {}",
             head.status
         )));
     }
-    let body = read_body_to_vec(&mut stream, &mut buf, head.body, 4096).await?;
+    let body = read_body_to_vec(&mut peer, head.body, 4096).await?;
     let counted = super::sse::number_after(&body, b"\"bytes\":")
         .ok_or_else(|| invalid_data("upload answer without a byte count"))?;
     if counted != payload_bytes {

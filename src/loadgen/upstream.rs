@@ -27,13 +27,14 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
-use super::http::{invalid_data, write_all_vectored, BodyKind, MAX_HEADERS, MAX_HEAD_BYTES};
+use super::http::{invalid_data, write_all_vectored};
 use crate::codec::chunked::{ChunkedDecoder, Frame, Limits, SizeLine, CRLF, LAST_CHUNK};
+use crate::harness::peer::{Framing, HeadKind, HeadView, Peer};
 
 /// Default number of tokens per stream.
 pub const DEFAULT_TOKENS: u64 = 20;
@@ -175,14 +176,13 @@ enum Route {
 #[derive(Debug, Clone, Copy)]
 struct RequestHead {
     route: Route,
-    body: BodyKind,
+    body: Framing,
     close: bool,
 }
 
 /// Per-connection state kept across requests.
 struct Conn {
-    stream: TcpStream,
-    buf: BytesMut,
+    peer: Peer,
     decoder: ChunkedDecoder,
     scratch: Vec<u8>,
 }
@@ -191,8 +191,7 @@ async fn handle_connection(stream: TcpStream) {
     // A failed exchange (peer gone, bad request) ends only its own connection.
     let _ = stream.set_nodelay(true);
     let mut conn = Conn {
-        stream,
-        buf: BytesMut::with_capacity(4096),
+        peer: Peer::with_buffer(stream, BytesMut::with_capacity(4096)),
         decoder: ChunkedDecoder::new(Limits::default()),
         scratch: Vec::with_capacity(256),
     };
@@ -214,7 +213,7 @@ impl Conn {
                 }
                 Route::Small => {
                     self.consume_body(head.body).await?;
-                    self.stream.write_all(small_response()).await?;
+                    self.peer.stream.write_all(small_response()).await?;
                 }
                 Route::Upload => {
                     let n = self.consume_body(head.body).await?;
@@ -236,65 +235,48 @@ impl Conn {
                 }
             }
             if close {
-                return self.stream.shutdown().await;
+                return self.peer.stream.shutdown().await;
             }
         }
     }
 
     /// `Ok(None)` on a clean end between requests.
     async fn read_request_head(&mut self) -> io::Result<Option<RequestHead>> {
-        loop {
-            if !self.buf.is_empty() {
-                if let Some((head, len)) = parse_request_head(&self.buf)? {
-                    self.buf.advance(len);
-                    return Ok(Some(head));
-                }
-                if self.buf.len() >= MAX_HEAD_BYTES {
-                    return Err(invalid_data("request head too large"));
-                }
-            }
-            self.buf.reserve(4096);
-            if self.stream.read_buf(&mut self.buf).await? == 0 {
-                return if self.buf.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(invalid_data("connection closed inside a request head"))
-                };
-            }
-        }
+        self.peer
+            .next_head_with(HeadKind::Request, request_head)
+            .await?
+            .transpose()
     }
 
     /// Read a body through, handing each piece of payload to `sink`; returns the payload bytes.
     async fn read_body(
         &mut self,
-        kind: BodyKind,
+        kind: Framing,
         mut sink: impl FnMut(&[u8]) -> io::Result<()>,
     ) -> io::Result<u64> {
         match kind {
-            BodyKind::None | BodyKind::Close => Ok(0),
-            BodyKind::Length(total) => {
+            Framing::None | Framing::Close => Ok(0),
+            Framing::Length(total) => {
                 let mut remaining = total;
                 loop {
-                    let take = remaining.min(self.buf.len() as u64) as usize;
-                    sink(&self.buf[..take])?;
-                    self.buf.advance(take);
+                    let take = remaining.min(self.peer.buf.len() as u64) as usize;
+                    sink(&self.peer.buf[..take])?;
+                    self.peer.buf.advance(take);
                     remaining -= take as u64;
                     if remaining == 0 {
                         return Ok(total);
                     }
-                    self.buf.reserve(64 << 10);
-                    if self.stream.read_buf(&mut self.buf).await? == 0 {
-                        return Err(invalid_data("connection closed inside a request body"));
-                    }
+                    self.peer.buf.reserve(64 << 10);
+                    self.peer.read_more_inside("a request body").await?;
                 }
             }
-            BodyKind::Chunked => {
+            Framing::Chunked => {
                 self.decoder.reset();
                 let mut total = 0u64;
                 loop {
                     match self
                         .decoder
-                        .decode(&mut self.buf)
+                        .decode(&mut self.peer.buf)
                         .map_err(|e| invalid_data(e.to_string()))?
                     {
                         Some(Frame::Data(d)) => {
@@ -304,12 +286,8 @@ impl Conn {
                         Some(Frame::Trailers(_)) => {}
                         Some(Frame::End) => return Ok(total),
                         None => {
-                            self.buf.reserve(64 << 10);
-                            if self.stream.read_buf(&mut self.buf).await? == 0 {
-                                return Err(invalid_data(
-                                    "connection closed inside a chunked request body",
-                                ));
-                            }
+                            self.peer.buf.reserve(64 << 10);
+                            self.peer.read_more_inside("a chunked request body").await?;
                         }
                     }
                 }
@@ -317,11 +295,11 @@ impl Conn {
         }
     }
 
-    async fn consume_body(&mut self, kind: BodyKind) -> io::Result<u64> {
+    async fn consume_body(&mut self, kind: Framing) -> io::Result<u64> {
         self.read_body(kind, |_| Ok(())).await
     }
 
-    async fn read_small_body(&mut self, kind: BodyKind) -> io::Result<Vec<u8>> {
+    async fn read_small_body(&mut self, kind: Framing) -> io::Result<Vec<u8>> {
         let mut body = Vec::new();
         self.read_body(kind, |piece| {
             if body.len() + piece.len() > MAX_CHAT_BODY {
@@ -346,12 +324,12 @@ impl Conn {
             "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{conn}\r\n{body}",
             body.len()
         );
-        self.stream.write_all(resp.as_bytes()).await
+        self.peer.stream.write_all(resp.as_bytes()).await
     }
 
     /// Stream `tokens` events `gap_ms` apart, one chunk each, then `[DONE]` and the last chunk.
     async fn stream_tokens(&mut self, tokens: u64, gap_ms: u64) -> io::Result<()> {
-        self.stream
+        self.peer.stream
             .write_all(
                 b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n",
             )
@@ -365,11 +343,19 @@ impl Conn {
             self.scratch.clear();
             write_event(&mut self.scratch, i, unix_nanos());
             let size = SizeLine::new(self.scratch.len());
-            write_all_vectored(&mut self.stream, [size.as_bytes(), &self.scratch, CRLF]).await?;
+            write_all_vectored(
+                &mut self.peer.stream,
+                [size.as_bytes(), &self.scratch, CRLF],
+            )
+            .await?;
         }
         let done = b"data: [DONE]\n\n";
         let size = SizeLine::new(done.len());
-        write_all_vectored(&mut self.stream, [size.as_bytes(), done, CRLF, LAST_CHUNK]).await
+        write_all_vectored(
+            &mut self.peer.stream,
+            [size.as_bytes(), done, CRLF, LAST_CHUNK],
+        )
+        .await
     }
 }
 
@@ -410,53 +396,14 @@ fn small_response() -> &'static [u8] {
     })
 }
 
-fn parse_request_head(buf: &[u8]) -> io::Result<Option<(RequestHead, usize)>> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(invalid_data(format!("invalid request head: {e}"))),
-    };
-    let mut close = req.version == Some(0);
-    let mut length = None;
-    let mut chunked = false;
-    for h in req.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            if length.is_some() {
-                return Err(invalid_data("duplicate content-length"));
-            }
-            length = Some(
-                std::str::from_utf8(h.value)
-                    .ok()
-                    .and_then(|s| s.trim().parse::<u64>().ok())
-                    .ok_or_else(|| invalid_data("invalid content-length"))?,
-            );
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            if !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                return Err(invalid_data("unsupported transfer-encoding"));
-            }
-            chunked = true;
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            for t in h.value.split(|&b| b == b',') {
-                let t = t.trim_ascii();
-                if t.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if t.eq_ignore_ascii_case(b"keep-alive") && req.version == Some(0) {
-                    close = false;
-                }
-            }
-        }
-    }
-    let body = match (chunked, length) {
-        (true, Some(_)) => return Err(invalid_data("content-length with transfer-encoding")),
-        (true, None) => BodyKind::Chunked,
-        (false, Some(n)) => BodyKind::Length(n),
-        (false, None) => BodyKind::None,
-    };
-    let target = req.path.unwrap_or("/");
+/// What the upstream needs from a request head: its route and body framing, and whether the
+/// connection closes after the answer.
+fn request_head(head: &HeadView<'_, '_>) -> io::Result<RequestHead> {
+    let body = head.request_framing()?;
+    let close = !head.keep_alive();
+    let target = head.target;
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let post = req.method == Some("POST");
+    let post = head.method == "POST";
     let route = match path {
         "/v1/chat/completions" if post => {
             let mut tokens = DEFAULT_TOKENS;
@@ -480,7 +427,7 @@ fn parse_request_head(buf: &[u8]) -> io::Result<Option<(RequestHead, usize)>> {
         "/v1/chat/completions" | "/small" | "/upload" => Route::MethodNotAllowed,
         _ => Route::NotFound,
     };
-    Ok(Some((RequestHead { route, body, close }, len)))
+    Ok(RequestHead { route, body, close })
 }
 
 #[derive(serde::Deserialize)]
@@ -507,6 +454,16 @@ fn chat_params(body: &[u8], tokens: u64, gap_ms: u64) -> io::Result<(u64, u64)> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::harness::peer::{parse_head_with, PeerLimits};
+
+    /// The request head at the front of `buf` as the upstream reads it, and its length.
+    fn parse_request_head(buf: &[u8]) -> io::Result<Option<(RequestHead, usize)>> {
+        let limits = PeerLimits::default();
+        parse_head_with(buf, HeadKind::Request, &limits, |v| {
+            request_head(v).map(|h| (h, v.len))
+        })?
+        .transpose()
+    }
 
     #[test]
     fn request_head_routes_and_params() {
@@ -520,12 +477,12 @@ mod tests {
                 gap_ms: 3
             }
         );
-        assert_eq!(h.body, BodyKind::Length(2));
+        assert_eq!(h.body, Framing::Length(2));
         let (h, _) = parse_request_head(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
             .unwrap()
             .unwrap();
         assert_eq!(h.route, Route::Upload);
-        assert_eq!(h.body, BodyKind::Chunked);
+        assert_eq!(h.body, Framing::Chunked);
         assert!(h.close);
         assert!(parse_request_head(
             b"POST /small HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -550,8 +507,13 @@ mod tests {
     #[test]
     fn small_response_is_about_one_kib() {
         let r = small_response();
-        let body_start = r.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-        let body = &r[body_start..];
+        let (framing, len) = parse_head_with(r, HeadKind::Response, &PeerLimits::default(), |v| {
+            (v.response_framing("POST"), v.len)
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(framing, Ok(Framing::Length((r.len() - len) as u64)));
+        let body = &r[len..];
         assert!((900..1200).contains(&body.len()), "{}", body.len());
         serde_json::from_slice::<serde_json::Value>(body).unwrap();
     }

@@ -5,13 +5,11 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
-use chunkgate::harness::client::{
-    exchange, read_response, request_head, BodyEnd, Framing, Gaps, RawResponse,
-};
+use chunkgate::harness::client::{exchange, request_head_bytes, Gaps};
 use chunkgate::harness::mock::{MockHandle, MockOptions, MockUpstream};
+use chunkgate::harness::peer::{BodyEnd, Framing, Peer, RawResponse};
 use chunkgate::harness::script::StreamScript;
 use chunkgate::harness::split::{classic_body, SplitStrategy};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -36,15 +34,15 @@ async fn chat(addr: SocketAddr, stream: bool, extra: &[(&str, String)]) -> RawRe
         ("content-length", body.len().to_string()),
     ];
     fields.extend(extra.iter().cloned());
-    let mut req = request_head("POST", "/v1/chat/completions", &addr.to_string(), &fields);
+    let mut req = request_head_bytes("POST", "/v1/chat/completions", &addr.to_string(), &fields);
     req.extend_from_slice(body.as_bytes());
-    exchange(addr, &req, &[], Gaps::default(), false, DEADLINE)
+    exchange(addr, &req, &[], Gaps::default(), DEADLINE)
         .await
         .unwrap()
 }
 
 fn payloads(r: &RawResponse) -> Vec<Bytes> {
-    r.chunks.iter().map(|c| c.payload.clone()).collect()
+    r.chunks().to_vec()
 }
 
 #[tokio::test]
@@ -60,11 +58,11 @@ async fn stream_sends_the_script_one_event_per_chunk_split_across_reads() {
         ],
     )
     .await;
-    assert_eq!(r.status, 200);
+    assert_eq!(r.head.status, 200);
     assert_eq!(r.framing, Framing::Chunked);
     assert_eq!(r.end, BodyEnd::Complete);
     assert_eq!(
-        r.header("content-type"),
+        r.head.get("content-type"),
         Some("text/event-stream; charset=utf-8")
     );
     assert_eq!(payloads(&r), StreamScript::new(77, 12).events());
@@ -96,14 +94,14 @@ async fn stream_every_strategy_keeps_the_chunks() {
 async fn stream_honours_max_tokens_usage_and_model() {
     let mock = start(MockOptions::default()).await;
     let body = r#"{"model":"m-x","stream":true,"max_tokens":3,"seed":9,"stream_options":{"include_usage":true}}"#;
-    let mut req = request_head(
+    let mut req = request_head_bytes(
         "POST",
         "/v1/chat/completions",
         "x",
         &[("content-length", body.len().to_string())],
     );
     req.extend_from_slice(body.as_bytes());
-    let r = exchange(mock.addr(), &req, &[], Gaps::default(), false, DEADLINE)
+    let r = exchange(mock.addr(), &req, &[], Gaps::default(), DEADLINE)
         .await
         .unwrap();
     let mut script = StreamScript::new(9, 3);
@@ -136,7 +134,7 @@ async fn fast_mode_stamps_every_event_with_its_send_time() {
 async fn non_stream_completion_has_content_length() {
     let mock = start(MockOptions::default()).await;
     let r = chat(mock.addr(), false, &[("x-mock-seed", "3".into())]).await;
-    assert_eq!(r.status, 200);
+    assert_eq!(r.head.status, 200);
     assert!(matches!(r.framing, Framing::Length(_)));
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(
@@ -148,22 +146,22 @@ async fn non_stream_completion_has_content_length() {
 #[tokio::test]
 async fn models_and_unknown_routes() {
     let mock = start(MockOptions::default()).await;
-    let head = request_head("GET", "/v1/models", "x", &[]);
-    let r = exchange(mock.addr(), &head, &[], Gaps::default(), false, DEADLINE)
+    let head = request_head_bytes("GET", "/v1/models", "x", &[]);
+    let r = exchange(mock.addr(), &head, &[], Gaps::default(), DEADLINE)
         .await
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["data"][0]["id"], "mock-1");
-    let head = request_head("GET", "/nope", "x", &[]);
-    let r = exchange(mock.addr(), &head, &[], Gaps::default(), false, DEADLINE)
+    let head = request_head_bytes("GET", "/nope", "x", &[]);
+    let r = exchange(mock.addr(), &head, &[], Gaps::default(), DEADLINE)
         .await
         .unwrap();
-    assert_eq!(r.status, 404);
-    let head = request_head("GET", "/echo", "x", &[]);
-    let r = exchange(mock.addr(), &head, &[], Gaps::default(), false, DEADLINE)
+    assert_eq!(r.head.status, 404);
+    let head = request_head_bytes("GET", "/echo", "x", &[]);
+    let r = exchange(mock.addr(), &head, &[], Gaps::default(), DEADLINE)
         .await
         .unwrap();
-    assert_eq!(r.status, 405);
+    assert_eq!(r.head.status, 405);
 }
 
 async fn echo(
@@ -171,11 +169,11 @@ async fn echo(
     fields: &[(&str, String)],
     pieces: &[chunkgate::harness::split::Piece],
 ) -> serde_json::Value {
-    let head = request_head("POST", "/echo", "x", fields);
-    let r = exchange(addr, &head, pieces, Gaps::default(), false, DEADLINE)
+    let head = request_head_bytes("POST", "/echo", "x", fields);
+    let r = exchange(addr, &head, pieces, Gaps::default(), DEADLINE)
         .await
         .unwrap();
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.head.status, 200, "{}", String::from_utf8_lossy(&r.body));
     serde_json::from_slice(&r.body).unwrap()
 }
 
@@ -231,7 +229,7 @@ async fn echo_reports_trailers_and_length_bodies() {
 #[tokio::test]
 async fn echo_refuses_malformed_bodies() {
     let mock = start(MockOptions::default()).await;
-    let head = request_head(
+    let head = request_head_bytes(
         "POST",
         "/echo",
         "x",
@@ -241,11 +239,11 @@ async fn echo_refuses_malformed_bodies() {
         bytes: Bytes::from_static(b"3\nabc\r\n0\r\n\r\n"),
         pause: chunkgate::harness::split::Pause::None,
     }];
-    let r = exchange(mock.addr(), &head, &body, Gaps::default(), false, DEADLINE)
+    let r = exchange(mock.addr(), &head, &body, Gaps::default(), DEADLINE)
         .await
         .unwrap();
-    assert_eq!(r.status, 400);
-    assert_eq!(r.header("connection"), Some("close"));
+    assert_eq!(r.head.status, 400);
+    assert_eq!(r.head.get("connection"), Some("close"));
 }
 
 #[tokio::test]
@@ -257,7 +255,7 @@ async fn sink_counts_a_large_body_without_keeping_it() {
         wire.extend_from_slice(&chunkgate::harness::split::chunk_wire(&chunk));
     }
     wire.extend_from_slice(b"0\r\n\r\n");
-    let head = request_head(
+    let head = request_head_bytes(
         "POST",
         "/sink",
         "x",
@@ -267,7 +265,7 @@ async fn sink_counts_a_large_body_without_keeping_it() {
         bytes: Bytes::from(wire),
         pause: chunkgate::harness::split::Pause::None,
     }];
-    let r = exchange(mock.addr(), &head, &body, Gaps::default(), false, DEADLINE)
+    let r = exchange(mock.addr(), &head, &body, Gaps::default(), DEADLINE)
         .await
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
@@ -278,15 +276,15 @@ async fn sink_counts_a_large_body_without_keeping_it() {
 #[tokio::test]
 async fn keep_alive_serves_several_requests_on_one_connection() {
     let mock = start(MockOptions::default()).await;
-    let mut s = TcpStream::connect(mock.addr()).await.unwrap();
+    let mut s = Peer::connect(mock.addr()).await.unwrap();
     for seed in [1u64, 2] {
         let body = chat_body(true);
         let req = format!(
             "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nx-mock-seed: {seed}\r\nx-mock-tokens: 3\r\n\r\n{body}",
             body.len()
         );
-        s.write_all(req.as_bytes()).await.unwrap();
-        let r = tokio::time::timeout(DEADLINE, read_response(&mut s, false))
+        s.send(req.as_bytes()).await.unwrap();
+        let r = tokio::time::timeout(DEADLINE, s.final_response("POST"))
             .await
             .unwrap()
             .unwrap();
@@ -304,18 +302,18 @@ async fn fault_status_with_retry_after_and_count() {
         "status=429;retry-after=1;count=1".to_string(),
     )];
     let r = chat(mock.addr(), true, &fault).await;
-    assert_eq!(r.status, 429);
-    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(r.head.status, 429);
+    assert_eq!(r.head.get("retry-after"), Some("1"));
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["error"]["type"], "rate_limit_error");
     // The second identical request is past the count: served normally.
     let r = chat(mock.addr(), true, &fault).await;
-    assert_eq!(r.status, 200);
+    assert_eq!(r.head.status, 200);
     assert_eq!(mock.stats().faults(), 1);
     let r = chat(mock.addr(), true, &[("x-mock-fault", "status=503".into())]).await;
-    assert_eq!(r.status, 503);
+    assert_eq!(r.head.status, 503);
     let r = chat(mock.addr(), true, &[("x-mock-fault", "bogus".into())]).await;
-    assert_eq!(r.status, 400);
+    assert_eq!(r.head.status, 400);
 }
 
 #[tokio::test]
@@ -327,7 +325,7 @@ async fn fault_reset_after_cuts_mid_chunk_with_rst() {
         &[("x-mock-fault", "reset-after=2".into())],
     )
     .await;
-    assert_eq!(r.chunks.len(), 2);
+    assert_eq!(r.chunks().len(), 2);
     assert!(matches!(r.end, BodyEnd::Reset(_)), "{:?}", r.end);
 }
 
@@ -340,7 +338,7 @@ async fn fault_close_after_cuts_without_last_chunk() {
         &[("x-mock-fault", "close-after=3".into())],
     )
     .await;
-    assert_eq!(r.chunks.len(), 3);
+    assert_eq!(r.chunks().len(), 3);
     assert_eq!(r.end, BodyEnd::Cut);
 }
 
@@ -348,9 +346,9 @@ async fn fault_close_after_cuts_without_last_chunk() {
 async fn fault_malformed_writes_a_bad_size_line() {
     let mock = start(MockOptions::default()).await;
     let r = chat(mock.addr(), true, &[("x-mock-fault", "malformed=2".into())]).await;
-    assert_eq!(r.chunks.len(), 2);
+    assert_eq!(r.chunks().len(), 2);
     match &r.end {
-        BodyEnd::Malformed(e) => assert!(e.contains("chunk size"), "{e}"),
+        BodyEnd::Malformed(e) => assert!(e.to_string().contains("chunk size"), "{e}"),
         other => panic!("expected a framing error, got {other:?}"),
     }
 }
@@ -375,22 +373,22 @@ async fn fault_stalls_delay_head_first_chunk_and_middle() {
         .await;
         assert!(t.elapsed() >= Duration::from_millis(250), "{fault}");
         assert_eq!(r.end, BodyEnd::Complete, "{fault}");
-        assert_eq!(r.chunks.len(), 6, "{fault}");
+        assert_eq!(r.chunks().len(), 6, "{fault}");
     }
 }
 
 #[tokio::test]
 async fn bad_requests_get_400_and_close() {
     let mock = start(MockOptions::default()).await;
-    let mut s = TcpStream::connect(mock.addr()).await.unwrap();
-    s.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n")
+    let mut s = Peer::connect(mock.addr()).await.unwrap();
+    s.send(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n")
         .await
         .unwrap();
-    let r = tokio::time::timeout(DEADLINE, read_response(&mut s, false))
+    let r = tokio::time::timeout(DEADLINE, s.final_response("POST"))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(r.status, 400);
+    assert_eq!(r.head.status, 400);
 }
 
 #[tokio::test]
@@ -399,7 +397,7 @@ async fn shutdown_stops_the_server() {
     let addr = mock.addr();
     // A stream in flight is closed by the shutdown.
     let body = chat_body(true);
-    let mut req = request_head(
+    let mut req = request_head_bytes(
         "POST",
         "/v1/chat/completions",
         "x",
@@ -410,9 +408,7 @@ async fn shutdown_stops_the_server() {
     );
     req.extend_from_slice(body.as_bytes());
     let in_flight =
-        tokio::spawn(
-            async move { exchange(addr, &req, &[], Gaps::default(), false, DEADLINE).await },
-        );
+        tokio::spawn(async move { exchange(addr, &req, &[], Gaps::default(), DEADLINE).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     tokio::time::timeout(Duration::from_secs(5), mock.shutdown())
         .await
@@ -441,19 +437,17 @@ async fn drop_stops_the_server() {
 #[tokio::test]
 async fn expect_continue_gets_an_interim_answer() {
     let mock = start(MockOptions::default()).await;
-    let mut s = TcpStream::connect(mock.addr()).await.unwrap();
-    s.write_all(
-        b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\nexpect: 100-continue\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    let mut s = Peer::connect(mock.addr()).await.unwrap();
+    s.send(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\nexpect: 100-continue\r\n\r\n")
+        .await
+        .unwrap();
     let mut interim = [0u8; 25];
-    tokio::io::AsyncReadExt::read_exact(&mut s, &mut interim)
+    tokio::io::AsyncReadExt::read_exact(&mut s.stream, &mut interim)
         .await
         .unwrap();
     assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
-    s.write_all(b"hi").await.unwrap();
-    let r = tokio::time::timeout(DEADLINE, read_response(&mut s, false))
+    s.send(b"hi").await.unwrap();
+    let r = tokio::time::timeout(DEADLINE, s.final_response("POST"))
         .await
         .unwrap()
         .unwrap();

@@ -4,12 +4,11 @@
 //! - [`TestProxy`]: a chunkgate proxy served in the test process;
 //! - [`Upstream`]: an upstream that counts the connections it accepts, either raw (a handler
 //!   that drives the socket byte by byte) or hyper (an independent HTTP/1.1 implementation);
-//! - [`Peer`]: a raw connection with its read buffer, whose strict readers parse heads with
-//!   httparse and chunked bodies byte-exactly, recording the chunk boundaries received;
+//! - [`Peer`]: the library's raw connection with its read buffer, whose strict readers parse
+//!   heads with httparse and chunked bodies byte-exactly, recording the chunk boundaries
+//!   received (re-exported here with assertions on what it read: [`ChunkedBodyExt`],
+//!   [`RawResponseExt`]);
 //! - [`hyper_client`]: hyper's HTTP/1.1 client as an independent client.
-
-// Each test binary compiles this module and uses a different subset of it.
-#![allow(dead_code)]
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,24 +18,18 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use chunkgate::codec::chunked::{ChunkedDecoder, DecodeError, Frame, Limits};
+use bytes::Bytes;
 use chunkgate::config::{Config, UpstreamUrl};
 use chunkgate::metrics::Metrics;
 use hyper::body::{Body, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
-
-/// The pause between two writes a raw peer wants to arrive as separate reads.
-pub const GAP: Duration = Duration::from_millis(3);
 
 /// The bound on one whole test: far above its normal run time, so only a hang trips it.
 pub const TEST_LIMIT: Duration = Duration::from_secs(10);
@@ -50,6 +43,34 @@ pub async fn bounded<F: Future>(limit: Duration, fut: F) -> F::Output {
         Ok(v) => v,
         Err(_) => panic!("test did not finish within {limit:?}"),
     }
+}
+
+/// Set in a child process started by [`alone`] to the name of the test it runs.
+const ALONE_ENV: &str = "CHUNKGATE_IT_ALONE";
+
+/// For a test that measures the whole process (its memory): run the test `name` (its path in
+/// this binary, `module::test`) alone in a child process of this test binary. True in that
+/// child, where the test goes on; false in the parent once the child passed. A child that
+/// failed, or ran anything but that one test, fails the parent.
+pub fn alone(name: &str) -> bool {
+    if std::env::var(ALONE_ENV).is_ok_and(|v| v == name) {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let out = std::process::Command::new(exe)
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(ALONE_ENV, name)
+        .output()
+        .expect("start the test binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "{name} in its own process: {}\n{stdout}\n{stderr}",
+        out.status
+    );
+    eprint!("{stderr}");
+    false
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -125,7 +146,9 @@ impl TestProxy {
 
     /// Connect a raw client.
     pub async fn connect(&self) -> Peer {
-        Peer::connect(self.addr).await
+        Peer::connect(self.addr)
+            .await
+            .expect("connect to the proxy")
     }
 
     /// Wait for `run_drained` to return (after someone cancelled [`TestProxy::stop`]).
@@ -351,102 +374,26 @@ pub async fn collect_body(body: Incoming) -> Result<Bytes, hyper::Error> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Raw peers and strict readers
+// Raw peers: the library's, with test assertions on what they read
 // ---------------------------------------------------------------------------------------------
 
-/// A parsed message head.
-#[derive(Debug, Clone)]
-pub struct Head {
-    /// Request method (empty for a response).
-    pub method: String,
-    /// Request target (empty for a response).
-    pub target: String,
-    /// Status code (0 for a request).
-    pub status: u16,
-    /// Minor HTTP version: 0 or 1.
-    pub minor: u8,
-    /// Fields in order, names as received.
-    pub headers: Vec<(String, Vec<u8>)>,
-    /// The head's exact bytes, final CRLF included.
-    pub raw: Vec<u8>,
-}
+pub use chunkgate::harness::peer::{
+    canonical_chunk as chunk, BodyEnd, ChunkedBody, Peer, RawResponse, GAP,
+};
 
-impl Head {
-    /// The first value of a field (case-insensitive name), as text.
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
-    }
-
-    /// How many fields have this name.
-    pub fn count(&self, name: &str) -> usize {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .count()
-    }
-
-    /// Whether `Transfer-Encoding` is exactly `chunked`.
-    pub fn is_chunked(&self) -> bool {
-        self.get("transfer-encoding")
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("chunked"))
-    }
-
-    /// The `Content-Length`, if present and valid.
-    pub fn content_length(&self) -> Option<u64> {
-        self.get("content-length")
-            .and_then(|v| v.trim().parse().ok())
-    }
-
-    /// Whether a `Connection` field lists `close`.
-    pub fn says_close(&self) -> bool {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
-            .any(|(_, v)| {
-                String::from_utf8_lossy(v)
-                    .split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("close"))
-            })
-    }
-}
-
-/// How a chunked body ended.
-#[derive(Debug)]
-pub enum BodyEnd {
-    /// Last chunk, trailers and final CRLF received.
-    Clean,
-    /// The connection closed before the end (no terminating chunk).
-    Eof,
-    /// The connection failed (reset) before the end.
-    Reset(io::ErrorKind),
-    /// The framing was not valid chunked.
-    Malformed(DecodeError),
-}
-
-/// A chunked body as received: one entry per chunk, exactly as framed on the wire.
-#[derive(Debug)]
-pub struct ChunkedBody {
-    /// The payload of every chunk, in order.
-    pub chunks: Vec<Bytes>,
-    /// Trailer fields.
-    pub trailers: Vec<(Vec<u8>, Vec<u8>)>,
-    /// How it ended.
-    pub end: BodyEnd,
-    /// The body's wire bytes as consumed by the decoder (framing included).
-    pub raw: Vec<u8>,
-}
-
-impl ChunkedBody {
-    /// Whether the body ended with its terminating chunk.
-    pub fn is_clean(&self) -> bool {
-        matches!(self.end, BodyEnd::Clean)
-    }
-
+/// Test assertions on a chunked body as a [`Peer`] recorded it.
+pub trait ChunkedBodyExt {
     /// The chunks as text (each must be valid UTF-8).
-    pub fn texts(&self) -> Vec<String> {
+    fn texts(&self) -> Vec<String>;
+
+    /// Assert the wire bytes are exactly the canonical framing of the chunks: lowercase hex
+    /// size without leading zeros, no extensions, CRLF, payload, CRLF, then `0\r\n`, the
+    /// trailers and the final CRLF.
+    fn assert_canonical(&self);
+}
+
+impl ChunkedBodyExt for ChunkedBody {
+    fn texts(&self) -> Vec<String> {
         self.chunks
             .iter()
             .enumerate()
@@ -457,44 +404,24 @@ impl ChunkedBody {
             .collect()
     }
 
-    /// Assert the wire bytes are exactly the canonical framing of the chunks: lowercase hex
-    /// size without leading zeros, no extensions, CRLF, payload, CRLF, then `0\r\n\r\n`.
-    pub fn assert_canonical(&self) {
-        let mut expected = Vec::new();
-        for c in &self.chunks {
-            expected.extend_from_slice(&chunk(c));
-        }
-        expected.extend_from_slice(b"0\r\n");
-        for (n, v) in &self.trailers {
-            expected.extend_from_slice(n);
-            expected.extend_from_slice(b": ");
-            expected.extend_from_slice(v);
-            expected.extend_from_slice(b"\r\n");
-        }
-        expected.extend_from_slice(b"\r\n");
+    fn assert_canonical(&self) {
         assert_eq!(
             String::from_utf8_lossy(&self.raw),
-            String::from_utf8_lossy(&expected),
+            String::from_utf8_lossy(&self.canonical_wire()),
             "chunked framing is not canonical"
         );
     }
 }
 
-/// A whole response as received by a raw client.
-#[derive(Debug)]
-pub struct RawResponse {
-    /// The head.
-    pub head: Head,
-    /// The body bytes (payload only).
-    pub body: Vec<u8>,
-    /// The chunk structure, for a chunked body.
-    pub chunked: Option<ChunkedBody>,
-}
-
-impl RawResponse {
+/// Test assertions on a whole response as a [`Peer`] read it.
+pub trait RawResponseExt {
     /// The body parsed as the OpenAI-style error `{"error":{"message","type","code"}}`,
     /// asserting its shape; returns `(type, code)`.
-    pub fn error_json(&self) -> (String, String) {
+    fn error_json(&self) -> (String, String);
+}
+
+impl RawResponseExt for RawResponse {
+    fn error_json(&self) -> (String, String) {
         assert_error_json(&self.body)
     }
 }
@@ -528,349 +455,6 @@ pub fn parse_error_json(body: &[u8]) -> Result<(String, String), String> {
         return Err(format!("empty error message: {v}"));
     }
     Ok((text("type")?, text("code")?))
-}
-
-/// The canonical chunk framing of one payload.
-pub fn chunk(payload: &[u8]) -> Vec<u8> {
-    let mut out = format!("{:x}\r\n", payload.len()).into_bytes();
-    out.extend_from_slice(payload);
-    out.extend_from_slice(b"\r\n");
-    out
-}
-
-/// A raw connection with the bytes read from it but not yet used.
-pub struct Peer {
-    /// The socket.
-    pub stream: TcpStream,
-    /// Read but not yet consumed.
-    pub buf: BytesMut,
-}
-
-impl Peer {
-    /// Wrap an accepted or connected stream.
-    pub fn new(stream: TcpStream) -> Peer {
-        Peer {
-            stream,
-            buf: BytesMut::with_capacity(16 * 1024),
-        }
-    }
-
-    /// Connect to `addr` with `TCP_NODELAY` set.
-    pub async fn connect(addr: SocketAddr) -> Peer {
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        stream.set_nodelay(true).expect("set TCP_NODELAY");
-        Peer::new(stream)
-    }
-
-    /// Write all of `bytes`.
-    pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes).await?;
-        self.stream.flush().await
-    }
-
-    /// Write each piece as its own write, pausing [`GAP`] after each so they arrive as
-    /// separate reads.
-    pub async fn send_pieces<P: AsRef<[u8]>>(&mut self, pieces: &[P]) -> io::Result<()> {
-        for p in pieces {
-            self.send(p.as_ref()).await?;
-            tokio::time::sleep(GAP).await;
-        }
-        Ok(())
-    }
-
-    /// Read once more into the buffer; `Ok(0)` at end of stream.
-    pub async fn read_more(&mut self) -> io::Result<usize> {
-        if self.buf.capacity() - self.buf.len() < 4096 {
-            self.buf.reserve(16 * 1024);
-        }
-        self.stream.read_buf(&mut self.buf).await
-    }
-
-    /// Read a request head (strictly: CRLF line ends only).
-    pub async fn request_head(&mut self) -> io::Result<Head> {
-        self.head(true).await
-    }
-
-    /// Read a response head (strictly: CRLF line ends only). Interim responses are returned
-    /// like any other.
-    pub async fn response_head(&mut self) -> io::Result<Head> {
-        self.head(false).await
-    }
-
-    async fn head(&mut self, request: bool) -> io::Result<Head> {
-        loop {
-            if let Some(head) = parse_head(&mut self.buf, request)? {
-                return Ok(head);
-            }
-            if self.read_more().await? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "closed before a complete head; got {:?}",
-                        String::from_utf8_lossy(&self.buf)
-                    ),
-                ));
-            }
-        }
-    }
-
-    /// Read a chunked body strictly (see [`ChunkedBody`]). Each chunk is recorded as it is
-    /// completed; `on_chunk` is called with its index the moment it is.
-    pub async fn chunked_body_with(
-        &mut self,
-        mut on_chunk: impl FnMut(usize, &Bytes),
-    ) -> ChunkedBody {
-        let mut dec = ChunkedDecoder::new(Limits::default().max_chunk_size(64 << 20));
-        let mut body = ChunkedBody {
-            chunks: Vec::new(),
-            trailers: Vec::new(),
-            end: BodyEnd::Eof,
-            raw: self.buf.to_vec(),
-        };
-        // `raw` holds every byte offered to the decoder; what it left in `buf` is cut at the end.
-        loop {
-            match dec.decode(&mut self.buf) {
-                Ok(Some(Frame::Data(d))) => {
-                    on_chunk(body.chunks.len(), &d);
-                    body.chunks.push(d);
-                    continue;
-                }
-                Ok(Some(Frame::Trailers(t))) => {
-                    body.trailers = t
-                        .into_iter()
-                        .map(|f| (f.name.to_vec(), f.value.to_vec()))
-                        .collect();
-                    continue;
-                }
-                Ok(Some(Frame::End)) => {
-                    body.end = BodyEnd::Clean;
-                    break;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    body.end = BodyEnd::Malformed(e);
-                    break;
-                }
-            }
-            let before = self.buf.len();
-            match self.read_more().await {
-                Ok(0) => {
-                    body.end = BodyEnd::Eof;
-                    break;
-                }
-                Ok(_) => body.raw.extend_from_slice(&self.buf[before..]),
-                Err(e) => {
-                    body.end = BodyEnd::Reset(e.kind());
-                    break;
-                }
-            }
-        }
-        let consumed = body.raw.len() - self.buf.len();
-        body.raw.truncate(consumed);
-        body
-    }
-
-    /// Read a chunked body strictly.
-    pub async fn chunked_body(&mut self) -> ChunkedBody {
-        self.chunked_body_with(|_, _| {}).await
-    }
-
-    /// Read exactly `n` body bytes.
-    pub async fn length_body(&mut self, n: usize) -> io::Result<Vec<u8>> {
-        while self.buf.len() < n {
-            if self.read_more().await? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("closed after {} of {n} body bytes", self.buf.len()),
-                ));
-            }
-        }
-        Ok(self.buf.split_to(n).to_vec())
-    }
-
-    /// Read everything until the peer closes (a reset ends it too).
-    pub async fn read_to_close(&mut self) -> Vec<u8> {
-        loop {
-            match self.read_more().await {
-                Ok(0) | Err(_) => return self.buf.split().to_vec(),
-                Ok(_) => {}
-            }
-        }
-    }
-
-    /// Read a whole response to a request with method `method`: head, then the body as its
-    /// framing says (none, chunked, length, or until close).
-    pub async fn response(&mut self, method: &str) -> io::Result<RawResponse> {
-        let head = self.response_head().await?;
-        let no_body = method.eq_ignore_ascii_case("HEAD")
-            || (100..200).contains(&head.status)
-            || head.status == 204
-            || head.status == 304;
-        if no_body {
-            return Ok(RawResponse {
-                head,
-                body: Vec::new(),
-                chunked: None,
-            });
-        }
-        if head.is_chunked() {
-            let c = self.chunked_body().await;
-            let body = c.chunks.concat();
-            return Ok(RawResponse {
-                head,
-                body,
-                chunked: Some(c),
-            });
-        }
-        if let Some(n) = head.content_length() {
-            let n = usize::try_from(n).map_err(|_| io::Error::other("huge content-length"))?;
-            let body = self.length_body(n).await?;
-            return Ok(RawResponse {
-                head,
-                body,
-                chunked: None,
-            });
-        }
-        let body = self.read_to_close().await;
-        Ok(RawResponse {
-            head,
-            body,
-            chunked: None,
-        })
-    }
-
-    /// Wait up to `limit` for the peer to close: true on end of stream or reset with nothing
-    /// more received, false if bytes arrived or the connection stayed open.
-    pub async fn closes_within(&mut self, limit: Duration) -> bool {
-        if !self.buf.is_empty() {
-            return false;
-        }
-        let mut one = [0u8; 256];
-        match tokio::time::timeout(limit, self.stream.read(&mut one)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => true,
-            Ok(Ok(n)) => {
-                self.buf.extend_from_slice(&one[..n]);
-                false
-            }
-            Err(_) => false,
-        }
-    }
-
-    /// Wait for the peer to close and return how long that took (`None` if it sent bytes or
-    /// did not close within `limit`).
-    pub async fn time_to_close(&mut self, limit: Duration) -> Option<Duration> {
-        let t = Instant::now();
-        self.closes_within(limit).await.then(|| t.elapsed())
-    }
-}
-
-/// Parse a head from the front of `buf` (removing it) with httparse, after checking that
-/// every LF is preceded by CR. `Ok(None)` when incomplete.
-fn parse_head(buf: &mut BytesMut, request: bool) -> io::Result<Option<Head>> {
-    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-        if let Some(i) = buf.windows(2).position(|w| w == b"\n\n") {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("bare LF in head at {i}: {:?}", String::from_utf8_lossy(buf)),
-            ));
-        }
-        return Ok(None);
-    };
-    let raw = buf.split_to(end + 4).to_vec();
-    for (i, &b) in raw.iter().enumerate() {
-        if b == b'\n' && (i == 0 || raw[i - 1] != b'\r') {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "bare LF in head at {i}: {:?}",
-                    String::from_utf8_lossy(&raw)
-                ),
-            ));
-        }
-    }
-    let invalid = |e: httparse::Error| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("invalid head ({e}): {:?}", String::from_utf8_lossy(&raw)),
-        )
-    };
-    let mut fields = [httparse::EMPTY_HEADER; 128];
-    let collect = |fields: &[httparse::Header<'_>]| -> Vec<(String, Vec<u8>)> {
-        fields
-            .iter()
-            .map(|h| (h.name.to_string(), h.value.to_vec()))
-            .collect()
-    };
-    if request {
-        let mut req = httparse::Request::new(&mut fields);
-        match req.parse(&raw).map_err(invalid)? {
-            httparse::Status::Complete(_) => Ok(Some(Head {
-                method: req.method.unwrap_or_default().to_string(),
-                target: req.path.unwrap_or_default().to_string(),
-                status: 0,
-                minor: req.version.unwrap_or_default(),
-                headers: collect(req.headers),
-                raw: raw.clone(),
-            })),
-            httparse::Status::Partial => Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "httparse found the head incomplete",
-            )),
-        }
-    } else {
-        let mut resp = httparse::Response::new(&mut fields);
-        match resp.parse(&raw).map_err(invalid)? {
-            httparse::Status::Complete(_) => Ok(Some(Head {
-                method: String::new(),
-                target: String::new(),
-                status: resp.code.unwrap_or_default(),
-                minor: resp.version.unwrap_or_default(),
-                headers: collect(resp.headers),
-                raw: raw.clone(),
-            })),
-            httparse::Status::Partial => Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "httparse found the head incomplete",
-            )),
-        }
-    }
-}
-
-/// A request as an upstream received it.
-#[derive(Debug)]
-pub struct UpRequest {
-    /// The head.
-    pub head: Head,
-    /// The chunk structure, for a chunked body.
-    pub chunked: Option<ChunkedBody>,
-    /// The body bytes (payload only).
-    pub body: Vec<u8>,
-}
-
-/// Read one request on an upstream connection: head and body (chunked bodies strictly, chunk
-/// by chunk). Returns `None` when the connection closed cleanly before a head.
-pub async fn read_request(peer: &mut Peer) -> io::Result<Option<UpRequest>> {
-    if peer.buf.is_empty() && peer.read_more().await? == 0 {
-        return Ok(None);
-    }
-    let head = peer.request_head().await?;
-    if head.is_chunked() {
-        let chunked = peer.chunked_body().await;
-        let body = chunked.chunks.concat();
-        return Ok(Some(UpRequest {
-            head,
-            chunked: Some(chunked),
-            body,
-        }));
-    }
-    let n = head.content_length().unwrap_or(0);
-    let n = usize::try_from(n).map_err(|_| io::Error::other("huge content-length"))?;
-    let body = peer.length_body(n).await?;
-    Ok(Some(UpRequest {
-        head,
-        chunked: None,
-        body,
-    }))
 }
 
 /// A response head for a chunked body.

@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use chunkgate::harness::peer::Peer;
 use chunkgate::loadgen::{self, upstream, LoadArgs, LoadMode, Report};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 async fn start_upstream() -> (SocketAddr, CancellationToken) {
@@ -84,16 +84,12 @@ async fn start_merging_server() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        let Ok((mut s, _)) = listener.accept().await else {
+        let Ok((s, _)) = listener.accept().await else {
             return;
         };
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            if s.read(&mut byte).await.unwrap_or(0) == 0 {
-                return;
-            }
-            head.push(byte[0]);
+        let mut peer = Peer::new(s);
+        if peer.request_head().await.is_err() {
+            return;
         }
         let now = upstream::unix_nanos();
         let events = format!("data: {{\"i\":0,\"t\":{now}}}\n\ndata: {{\"i\":1,\"t\":{now}}}\n\n");
@@ -103,7 +99,7 @@ async fn start_merging_server() -> SocketAddr {
             events.len(),
             done.len()
         );
-        let _ = s.write_all(body.as_bytes()).await;
+        let _ = peer.send(body.as_bytes()).await;
         // Let the client read before the socket closes.
         tokio::time::sleep(Duration::from_millis(200)).await;
     });

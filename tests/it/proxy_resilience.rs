@@ -2,20 +2,14 @@
 //! connect errors), the circuit breaker, what is never retried, the layered timeouts, graceful
 //! drain, and bounded memory under a slow reader.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use chunkgate::config::UpstreamConfig;
-use common::*;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
-
-/// The slow-reader test measures the whole process's memory: it runs alone (write lock), the
-/// other tests of this binary share the read lock.
-static MEMORY_GATE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 const GET: &[u8] = b"GET /v1/models HTTP/1.1\r\nHost: api.test\r\n\r\n";
 
@@ -58,7 +52,6 @@ fn first_gap(times: &Mutex<Vec<Instant>>) -> Duration {
 
 #[tokio::test]
 async fn retry_after_over_the_cap_goes_to_the_client_unretried() {
-    let _gate = MEMORY_GATE.read().await;
     bounded(TEST_LIMIT, async {
         // `Retry-After: 1` (seconds) with a 300 ms cap: a shorter wait than the upstream asked
         // for is never taken, so its answer goes to the client as it is.
@@ -90,7 +83,6 @@ async fn retry_after_over_the_cap_goes_to_the_client_unretried() {
 
 #[tokio::test]
 async fn retry_after_within_the_cap_is_waited_in_full() {
-    let _gate = MEMORY_GATE.read().await;
     bounded(TEST_LIMIT, async {
         // `Retry-After: 1` under a 2 s cap: the retry waits the whole second, never less.
         let (upstream, times) = scripted(|n| match n {
@@ -122,7 +114,6 @@ async fn retry_after_within_the_cap_is_waited_in_full() {
 
 #[tokio::test]
 async fn retry_after_ms_is_honoured() {
-    let _gate = MEMORY_GATE.read().await;
     bounded(TEST_LIMIT, async {
         let (upstream, times) = scripted(|n| match n {
             0 => (429, vec![("retry-after-ms", "250")], "{}"),
@@ -153,7 +144,6 @@ async fn retry_after_ms_is_honoured() {
 
 #[tokio::test]
 async fn retry_of_a_bodiless_get_after_429() {
-    let _gate = MEMORY_GATE.read().await;
     bounded(TEST_LIMIT, async {
         // A GET has nothing to replay: it is as safe to retry as a small body.
         let (upstream, times) = scripted(|n| match n {
@@ -179,7 +169,6 @@ async fn retry_of_a_bodiless_get_after_429() {
 
 #[tokio::test]
 async fn failover_from_a_503_upstream_to_the_other() {
-    let _gate = MEMORY_GATE.read().await;
     bounded(TEST_LIMIT, async {
         let (bad, _) = scripted(|_| (503, vec![], "overloaded")).await;
         let (good, _) = scripted(|_| (200, vec![], "from good")).await;
@@ -213,7 +202,6 @@ async fn failover_from_a_503_upstream_to_the_other() {
 
 #[tokio::test]
 async fn connect_refused_fails_over_to_the_other_upstream() {
-    let _gate = MEMORY_GATE.read().await;
     bounded(TEST_LIMIT, async {
         let (good, _) = scripted(|_| (200, vec![], "from good")).await;
         let mut cfg = config(&[]);
@@ -252,7 +240,6 @@ async fn connect_refused_fails_over_to_the_other_upstream() {
 
 #[tokio::test]
 async fn connect_refused_everywhere_is_502_with_retry_count() {
-    let _gate = MEMORY_GATE.read().await;
     bounded(TEST_LIMIT, async {
         let a = closed_port().await;
         let b = closed_port().await;
@@ -279,7 +266,6 @@ async fn connect_refused_everywhere_is_502_with_retry_count() {
 
 #[tokio::test]
 async fn breaker_opens_fails_fast_then_half_opens_and_closes() {
-    let _gate = MEMORY_GATE.read().await;
     bounded(TEST_LIMIT, async {
         let healthy = Arc::new(AtomicBool::new(false));
         let healthy_up = Arc::clone(&healthy);
@@ -300,7 +286,7 @@ async fn breaker_opens_fails_fast_then_half_opens_and_closes() {
         let ask = |expect: u16| {
             let addr = proxy.addr;
             async move {
-                let mut client = Peer::connect(addr).await;
+                let mut client = Peer::connect(addr).await.expect("connect");
                 client.send(GET).await.expect("send");
                 let resp = client.response("GET").await.expect("response");
                 assert_eq!(resp.head.status, expect);
@@ -350,10 +336,9 @@ async fn breaker_opens_fails_fast_then_half_opens_and_closes() {
 
 #[tokio::test]
 async fn no_retry_after_the_first_response_byte() {
-    let _gate = MEMORY_GATE.read().await;
     bounded(TEST_LIMIT, async {
         let upstream = raw_upstream(|mut peer, _| async move {
-            let _ = read_request(&mut peer).await;
+            let _ = peer.request().await;
             let _ = peer.send(CHUNKED_HEAD).await;
             let _ = peer.send(&chunk(b"data: {\"n\":1}\n\n")).await;
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -366,7 +351,7 @@ async fn no_retry_after_the_first_response_byte() {
         let head = client.response_head().await.expect("head");
         assert_eq!(head.status, 200);
         let body = client.chunked_body().await;
-        assert!(!body.is_clean(), "a cut stream never ends cleanly");
+        assert!(!body.is_complete(), "a cut stream never ends cleanly");
         assert_eq!(body.texts(), vec!["data: {\"n\":1}\n\n"]);
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(
@@ -380,7 +365,6 @@ async fn no_retry_after_the_first_response_byte() {
 
 #[tokio::test]
 async fn body_over_the_replay_limit_is_not_retried() {
-    let _gate = MEMORY_GATE.read().await;
     bounded(TEST_LIMIT, async {
         let (upstream, _) = scripted(|_| (503, vec![], "busy")).await;
         let mut cfg = config(&[upstream.addr]);
@@ -420,10 +404,9 @@ async fn body_over_the_replay_limit_is_not_retried() {
 
 #[tokio::test]
 async fn stream_idle_timeout_cuts_the_stream() {
-    let _gate = MEMORY_GATE.read().await;
     bounded(TEST_LIMIT, async {
         let upstream = raw_upstream(|mut peer, _| async move {
-            let _ = read_request(&mut peer).await;
+            let _ = peer.request().await;
             let _ = peer.send(CHUNKED_HEAD).await;
             let _ = peer.send(&chunk(b"data: {\"n\":1}\n\n")).await;
             tokio::time::sleep(Duration::from_secs(5)).await;
@@ -439,7 +422,7 @@ async fn stream_idle_timeout_cuts_the_stream() {
         let body = client.chunked_body().await;
         let took = t.elapsed();
         eprintln!("stream_idle 300 ms: stream cut after {took:?}");
-        assert!(!body.is_clean(), "an idle stream is cut, not ended");
+        assert!(!body.is_complete(), "an idle stream is cut, not ended");
         assert_eq!(body.texts(), vec!["data: {\"n\":1}\n\n"]);
         assert!(
             took >= Duration::from_millis(250),
@@ -452,10 +435,9 @@ async fn stream_idle_timeout_cuts_the_stream() {
 
 #[tokio::test]
 async fn response_head_timeout_is_504() {
-    let _gate = MEMORY_GATE.read().await;
     bounded(TEST_LIMIT, async {
         let upstream = raw_upstream(|mut peer, _| async move {
-            let _ = read_request(&mut peer).await;
+            let _ = peer.request().await;
             tokio::time::sleep(Duration::from_secs(5)).await;
         })
         .await;
@@ -479,7 +461,6 @@ async fn response_head_timeout_is_504() {
 
 #[tokio::test]
 async fn slow_client_head_gets_408_or_is_closed() {
-    let _gate = MEMORY_GATE.read().await;
     bounded(TEST_LIMIT, async {
         let upstream = raw_upstream(|_, _| async {}).await;
         let mut cfg = config(&[upstream.addr]);
@@ -513,7 +494,6 @@ async fn slow_client_head_gets_408_or_is_closed() {
 
 #[tokio::test]
 async fn idle_keep_alive_client_is_closed() {
-    let _gate = MEMORY_GATE.read().await;
     bounded(TEST_LIMIT, async {
         let (upstream, _) = scripted(|_| (200, vec![], "ok")).await;
         let mut cfg = config(&[upstream.addr]);
@@ -539,7 +519,6 @@ async fn idle_keep_alive_client_is_closed() {
 
 #[tokio::test]
 async fn stalled_client_is_cut_after_write_stall() {
-    let _gate = MEMORY_GATE.read().await;
     bounded(TEST_LIMIT, async {
         const CHUNK: usize = 64 * 1024;
         const MAX_CHUNKS: usize = 1024; // 64 MiB, far more than the socket buffers hold
@@ -547,7 +526,7 @@ async fn stalled_client_is_cut_after_write_stall() {
         let upstream = raw_upstream(move |mut peer, _| {
             let done = done_tx.clone();
             async move {
-                let _ = read_request(&mut peer).await;
+                let _ = peer.request().await;
                 let one = chunk(&vec![b'y'; CHUNK]);
                 let _ = peer.send(CHUNKED_HEAD).await;
                 let mut sent = 0;
@@ -587,12 +566,11 @@ async fn stalled_client_is_cut_after_write_stall() {
 
 #[tokio::test]
 async fn graceful_shutdown_finishes_streams_in_flight() {
-    let _gate = MEMORY_GATE.read().await;
     bounded(Duration::from_secs(15), async {
         const STREAMS: usize = 20;
         const CHUNKS: usize = 6;
         let upstream = raw_upstream(|mut peer, _| async move {
-            while let Ok(Some(_)) = read_request(&mut peer).await {
+            while let Ok(Some(_)) = peer.request().await {
                 if peer.send(CHUNKED_HEAD).await.is_err() {
                     return;
                 }
@@ -616,7 +594,7 @@ async fn graceful_shutdown_finishes_streams_in_flight() {
             let addr = proxy.addr;
             let started = started_tx.clone();
             tasks.push(tokio::spawn(async move {
-                let mut client = Peer::connect(addr).await;
+                let mut client = Peer::connect(addr).await.expect("connect");
                 client.send(GET).await.expect("send");
                 let head = client.response_head().await.expect("head");
                 assert_eq!(head.status, 200);
@@ -658,7 +636,7 @@ async fn graceful_shutdown_finishes_streams_in_flight() {
         let mut lost = 0;
         for task in tasks {
             let (body, closed) = task.await.expect("stream task");
-            if !body.is_clean() || body.texts() != want {
+            if !body.is_complete() || body.texts() != want {
                 lost += 1;
             }
             assert!(
@@ -679,7 +657,10 @@ async fn graceful_shutdown_finishes_streams_in_flight() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_reader_keeps_proxy_memory_flat() {
-    let _gate = MEMORY_GATE.write().await;
+    // It measures the whole process's memory: it runs in a process of its own.
+    if !alone("proxy_resilience::slow_reader_keeps_proxy_memory_flat") {
+        return;
+    }
     bounded(Duration::from_secs(30), async {
         const CHUNK: usize = 16 * 1024;
         const CHUNKS: usize = 6400; // 100 MiB
@@ -690,7 +671,7 @@ async fn slow_reader_keeps_proxy_memory_flat() {
             let one = one.clone();
             let written = Arc::clone(&written_up);
             async move {
-                let _ = read_request(&mut peer).await;
+                let _ = peer.request().await;
                 let _ = peer.send(CHUNKED_HEAD).await;
                 for _ in 0..CHUNKS {
                     if tokio::io::AsyncWriteExt::write_all(&mut peer.stream, &one).await.is_err() {

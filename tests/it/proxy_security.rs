@@ -2,12 +2,10 @@
 //! bodies against the breaker and the connection pool, an early answer that would leave a
 //! body prefix on a pooled connection.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// An upstream that reads each request whole and answers `200 ok`.
 async fn ok_upstream() -> Upstream {
@@ -96,7 +94,7 @@ async fn an_answer_before_the_whole_body_is_never_pooled() {
             let seen = Arc::clone(&seen);
             async move {
                 if index > 0 {
-                    if read_request(&mut peer).await.ok().flatten().is_some() {
+                    if peer.request().await.ok().flatten().is_some() {
                         let _ = peer.send(&ok_response(b"second")).await;
                     }
                     return;
@@ -124,7 +122,7 @@ async fn an_answer_before_the_whole_body_is_never_pooled() {
         first.send(&chunk(&[b'x'; 41])).await.expect("body");
         first.send(b"0\r\n\r\n").await.expect("end");
         let body = first.chunked_body().await;
-        assert!(body.is_clean(), "{:?}", body.end);
+        assert!(body.is_complete(), "{:?}", body.end);
 
         let mut second = proxy.connect().await;
         second
@@ -245,7 +243,7 @@ async fn client_trailers_follow_the_header_rules() {
         let upstream = raw_upstream(move |mut peer, _| {
             let seen = Arc::clone(&seen);
             async move {
-                let Ok(Some(req)) = read_request(&mut peer).await else {
+                let Ok(Some(req)) = peer.request().await else {
                     return;
                 };
                 let chunked = req.chunked.expect("a chunked body");
@@ -281,7 +279,7 @@ async fn client_trailers_follow_the_header_rules() {
 async fn a_client_that_half_closes_after_its_request_gets_the_whole_stream() {
     bounded(TEST_LIMIT, async {
         let upstream = raw_upstream(|mut peer, _| async move {
-            read_request(&mut peer).await.expect("request");
+            peer.request().await.expect("request");
             // Think a little (the client's FIN arrives meanwhile), then stream.
             tokio::time::sleep(Duration::from_millis(100)).await;
             peer.send(CHUNKED_HEAD).await.expect("head");
@@ -306,7 +304,7 @@ async fn a_client_that_half_closes_after_its_request_gets_the_whole_stream() {
             .expect("half-close");
         assert_eq!(c.response_head().await.expect("head").status, 200);
         let body = c.chunked_body().await;
-        assert!(body.is_clean(), "{:?}", body.end);
+        assert!(body.is_complete(), "{:?}", body.end);
         assert_eq!(body.texts(), ["data: 0\n\n", "data: 1\n\n", "data: 2\n\n"]);
     })
     .await;
@@ -347,7 +345,7 @@ async fn absolute_form_for_another_host_is_refused_and_options_star_stays_a_star
 async fn at_the_connection_cap_the_answer_is_503_with_retry_after_at_once() {
     bounded(TEST_LIMIT, async {
         let upstream = raw_upstream(|mut peer, _| async move {
-            read_request(&mut peer).await.expect("request");
+            peer.request().await.expect("request");
             peer.send(CHUNKED_HEAD).await.expect("head");
             peer.send(&chunk(b"data: 1\n\n")).await.expect("chunk");
             tokio::time::sleep(Duration::from_secs(3)).await;

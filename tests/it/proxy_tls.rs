@@ -1,19 +1,16 @@
 //! TLS upstreams: a CA and a server certificate made in the test (rcgen), a tokio-rustls
 //! upstream, the proxy trusting the CA through `ca_file`. Chunks stay exact across TLS records.
 
-mod common;
-
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use crate::common::*;
+use bytes::Bytes;
 use chunkgate::config::{Config, UpstreamUrl};
-use common::*;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -109,33 +106,22 @@ async fn tls_sse_upstream(
             let acceptor = acceptor.clone();
             let events = events.clone();
             tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let mut buf = BytesMut::new();
+                let mut peer = Peer::new(tls);
                 loop {
                     // Read one body-less request head.
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match tls.read_buf(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(_) => {}
-                        }
+                    if peer.request_head().await.is_err() {
+                        return;
                     }
-                    let end = buf
-                        .windows(4)
-                        .position(|w| w == b"\r\n\r\n")
-                        .map_or(0, |i| i + 4);
-                    let _ = buf.split_to(end);
                     let mut pieces = vec![CHUNKED_HEAD.to_vec()];
                     for e in &events {
                         pieces.extend(hostile_pieces(e.as_bytes()));
                     }
                     pieces.push(b"0\r\n\r\n".to_vec());
-                    for p in pieces {
-                        if tls.write_all(&p).await.is_err() || tls.flush().await.is_err() {
-                            return;
-                        }
-                        tokio::time::sleep(GAP).await;
+                    if peer.send_pieces(&pieces).await.is_err() {
+                        return;
                     }
                 }
             });
@@ -161,7 +147,7 @@ async fn tls_upstream_by_name_streams_exact_chunks() {
             let resp = client.response("GET").await.expect("response");
             assert_eq!(resp.head.status, 200, "round {round}");
             let body = resp.chunked.expect("chunked");
-            assert!(body.is_clean(), "round {round}: {:?}", body.end);
+            assert!(body.is_complete(), "round {round}: {:?}", body.end);
             body.assert_canonical();
             assert_eq!(body.texts(), events, "round {round}");
         }

@@ -2,12 +2,10 @@
 //! answered with its status and an OpenAI-style JSON error, the connection is closed, and the
 //! upstream never sees a request. Smuggling attempts reach the upstream as exactly one request.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// One rejection case: what the client sends and the status it must get.
 struct Case {
@@ -254,7 +252,7 @@ async fn every_rejection_rule_answers_closes_and_never_reaches_upstream() {
     bounded(Duration::from_secs(30), async {
         let upstream = raw_upstream(|mut peer, _| async move {
             // Answer anything, so a request that slips through shows up as a 200.
-            while let Ok(Some(_)) = read_request(&mut peer).await {
+            while let Ok(Some(_)) = peer.request().await {
                 if peer.send(&ok_response(b"upstream")).await.is_err() {
                     return;
                 }
@@ -397,7 +395,7 @@ async fn chunk_extensions_are_dropped_and_chunks_kept() {
         let resp = client.response("POST").await.expect("response");
         assert_eq!(resp.head.status, 200);
         let body = rx.await.expect("upstream body");
-        assert!(body.is_clean());
+        assert!(body.is_complete());
         body.assert_canonical();
         let got: Vec<&[u8]> = body.chunks.iter().map(|c| &c[..]).collect();
         assert_eq!(got, vec![&b"abc"[..], b"defg"]);
@@ -426,8 +424,8 @@ async fn malformed_request_chunks_are_400_and_never_complete_upstream() {
                     return;
                 }
                 let body = peer.chunked_body().await;
-                let _ = tx.send(body.is_clean()).await;
-                if body.is_clean() {
+                let _ = tx.send(body.is_complete()).await;
+                if body.is_complete() {
                     let _ = peer.send(&ok_response(b"ok")).await;
                 }
             }
@@ -469,7 +467,7 @@ async fn forwarded_head_is_rewritten_like_a_reverse_proxy() {
         let upstream = raw_upstream(move |mut peer, _| {
             let tx = Arc::clone(&tx);
             async move {
-                let Ok(Some(req)) = read_request(&mut peer).await else {
+                let Ok(Some(req)) = peer.request().await else {
                     return;
                 };
                 let _ = peer

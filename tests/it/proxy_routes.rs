@@ -1,8 +1,6 @@
 //! Routes and operations end to end: prefix stripping and rewriting, header injection that
 //! never reaches the client, inbound bearer tokens, and TLS termination on the listener.
 
-mod common;
-
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 
-use common::*;
+use crate::common::*;
 
 const LIMIT: Duration = Duration::from_secs(10);
 const SECRET: &str = "sk-injected-secret-0123456789";

@@ -2,14 +2,12 @@
 //! splits, flush before the next chunk, Content-Length bodies, keep-alive, pipelining,
 //! HTTP/1.0, `Expect: 100-continue`, and many concurrent streams.
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use tokio::sync::{mpsc, oneshot};
 
 /// A chat-completion request with a Content-Length body.
@@ -29,7 +27,7 @@ async fn response_sse_chunks_survive_hostile_splits() {
         let upstream = raw_upstream(move |mut peer, _| {
             let events = up_events.clone();
             async move {
-                let Ok(Some(req)) = read_request(&mut peer).await else {
+                let Ok(Some(req)) = peer.request().await else {
                     return;
                 };
                 assert_eq!(req.head.target, "/v1/chat/completions");
@@ -61,7 +59,7 @@ async fn response_sse_chunks_survive_hostile_splits() {
         assert!(head.is_chunked(), "the stream goes out chunked: {head:?}");
         assert_eq!(head.get("content-type"), Some("text/event-stream"));
         let body = client.chunked_body().await;
-        assert!(body.is_clean(), "stream ended cleanly: {:?}", body.end);
+        assert!(body.is_complete(), "stream ended cleanly: {:?}", body.end);
         body.assert_canonical();
         let got = body.texts();
         assert_eq!(got.len(), events.len(), "one chunk out per chunk in");
@@ -112,7 +110,7 @@ async fn response_chunks_from_hyper_upstream_reach_hyper_client() {
             .expect("send");
         let resp = client.response("GET").await.expect("response");
         let body = resp.chunked.expect("a chunked response");
-        assert!(body.is_clean());
+        assert!(body.is_complete());
         assert_eq!(body.texts(), events);
 
         // hyper as the client reads the same stream as one complete body.
@@ -144,7 +142,7 @@ async fn request_chunks_abc_defgh_ij_arrive_whole() {
             async move {
                 let head = peer.request_head().await.expect("request head");
                 let body = peer.chunked_body().await;
-                let ok = body.is_clean();
+                let ok = body.is_complete();
                 peer.send(&ok_response(b"ok")).await.expect("answer");
                 if let Some(tx) = tx.lock().expect("lock").take() {
                     let _ = tx.send((head, body, ok));
@@ -199,7 +197,7 @@ async fn request_chunk_forwarded_before_the_client_sends_the_next() {
                         }
                     })
                     .await;
-                assert!(body.is_clean());
+                assert!(body.is_complete());
                 let answer = body.chunks.concat();
                 peer.send(&ok_response(&answer)).await.expect("answer");
             }
@@ -235,7 +233,7 @@ async fn response_chunk_flushed_before_upstream_writes_the_next() {
         let upstream = raw_upstream(move |mut peer, _| {
             let client_got = Arc::clone(&client_got);
             async move {
-                read_request(&mut peer).await.expect("request");
+                peer.request().await.expect("request");
                 peer.send(CHUNKED_HEAD).await.expect("head");
                 peer.send(&chunk(b"data: one\n\n")).await.expect("chunk 1");
                 let rx = client_got.lock().await.take();
@@ -271,7 +269,7 @@ async fn response_chunk_flushed_before_upstream_writes_the_next() {
                 }
             })
             .await;
-        assert!(body.is_clean(), "{:?}", body.end);
+        assert!(body.is_complete(), "{:?}", body.end);
         assert_eq!(body.texts(), vec!["data: one\n\n", "data: two\n\n"]);
     })
     .await;
@@ -433,10 +431,7 @@ async fn http10_client_gets_a_close_delimited_stream() {
         let upstream = raw_upstream(move |mut peer, _| {
             let events = up_events.clone();
             async move {
-                let req = read_request(&mut peer)
-                    .await
-                    .expect("read")
-                    .expect("a request");
+                let req = peer.request().await.expect("read").expect("a request");
                 assert_eq!(req.head.minor, 1, "the proxy speaks HTTP/1.1 upstream");
                 peer.send(CHUNKED_HEAD).await.expect("head");
                 for e in &events {
@@ -528,7 +523,7 @@ async fn two_hundred_concurrent_streams_are_exact() {
         const CHUNKS: usize = 4;
         let upstream = raw_upstream(|mut peer, _| async move {
             // Keep-alive upstream connections: serve requests until the proxy closes.
-            while let Ok(Some(req)) = read_request(&mut peer).await {
+            while let Ok(Some(req)) = peer.request().await {
                 let id = req.head.target.trim_start_matches("/s/").to_string();
                 if peer.send(CHUNKED_HEAD).await.is_err() {
                     return;
@@ -557,7 +552,7 @@ async fn two_hundred_concurrent_streams_are_exact() {
             let addr = proxy.addr;
             let done = Arc::clone(&done);
             tasks.push(tokio::spawn(async move {
-                let mut client = Peer::connect(addr).await;
+                let mut client = Peer::connect(addr).await.expect("connect");
                 client
                     .send(format!("GET /s/{id} HTTP/1.1\r\nHost: api.test\r\n\r\n").as_bytes())
                     .await
@@ -565,7 +560,7 @@ async fn two_hundred_concurrent_streams_are_exact() {
                 let resp = client.response("GET").await.expect("response");
                 assert_eq!(resp.head.status, 200);
                 let body = resp.chunked.expect("chunked");
-                assert!(body.is_clean(), "stream {id}: {:?}", body.end);
+                assert!(body.is_complete(), "stream {id}: {:?}", body.end);
                 let want: Vec<String> = (0..CHUNKS)
                     .map(|c| format!("data: {{\"stream\":{id},\"n\":{c},\"t\":\"토큰 ✨\"}}\n\n"))
                     .collect();
@@ -589,7 +584,7 @@ async fn trailers_cross_with_the_body() {
         let upstream = raw_upstream(move |mut peer, _| {
             let tx = Arc::clone(&tx);
             async move {
-                while let Ok(Some(req)) = read_request(&mut peer).await {
+                while let Ok(Some(req)) = peer.request().await {
                     if let Some(tx) = tx.lock().expect("lock").take() {
                         let _ = tx.send(req.chunked);
                     }
@@ -610,7 +605,7 @@ async fn trailers_cross_with_the_body() {
             .expect("send");
         let resp = client.response("POST").await.expect("response");
         let body = resp.chunked.expect("chunked");
-        assert!(body.is_clean());
+        assert!(body.is_complete());
         // This client said `TE: trailers`: the response trailer reaches it.
         assert_eq!(body.trailers, vec![(b"X-Usage-Tokens".to_vec(), b"12".to_vec())]);
         let up_body = rx.await.expect("request").expect("a chunked request body");
@@ -628,7 +623,7 @@ async fn trailers_cross_with_the_body() {
             .expect("send");
         let resp = client.response("GET").await.expect("response");
         let body = resp.chunked.expect("chunked");
-        assert!(body.is_clean());
+        assert!(body.is_complete());
         body.assert_canonical();
         assert_eq!(body.texts(), vec!["data: {}\n\n"]);
         assert!(body.trailers.is_empty(), "trailers sent to a client that did not accept them");
@@ -641,7 +636,7 @@ async fn stream_running_at_the_drain_deadline_is_cut_and_recorded_as_shutdown() 
     bounded(TEST_LIMIT, async {
         // The upstream sends one chunk and then nothing for longer than the drain deadline.
         let upstream = raw_upstream(move |mut peer, _| async move {
-            read_request(&mut peer).await.expect("request");
+            peer.request().await.expect("request");
             peer.send(CHUNKED_HEAD).await.expect("head");
             peer.send(&chunk(b"data: one\n\n")).await.expect("chunk 1");
             tokio::time::sleep(Duration::from_secs(5)).await;
@@ -669,7 +664,7 @@ async fn stream_running_at_the_drain_deadline_is_cut_and_recorded_as_shutdown() 
                 }
             })
             .await;
-        assert!(!body.is_clean(), "a cut stream has no terminating chunk");
+        assert!(!body.is_complete(), "a cut stream has no terminating chunk");
         assert_eq!(body.texts(), vec!["data: one\n\n"]);
         assert!(
             !proxy.join().await.expect("run"),

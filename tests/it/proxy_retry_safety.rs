@@ -2,13 +2,11 @@
 //! under the request is (it never saw the request); a fresh connection that closes without an
 //! answer is not (it may have processed a POST).
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const LIMIT: Duration = Duration::from_secs(10);
 

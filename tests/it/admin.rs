@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chunkgate::admin::{self, AdminState};
+use chunkgate::harness::peer::Peer;
 use chunkgate::logging::{access_log, ExchangeRecord, Outcome};
 use chunkgate::metrics::{Direction, Metrics};
 use prometheus_parse::{Scrape, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -55,27 +55,26 @@ struct Reply {
     body: String,
 }
 
-/// A deliberately plain HTTP/1.1 client: one request, `Connection: close`, read to EOF.
+/// A deliberately plain HTTP/1.1 client: one request, `Connection: close`, the head, then the
+/// rest read to EOF.
 async fn get(addr: SocketAddr, method: &str, path: &str, extra: &str) -> Reply {
     let exchange = async {
-        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut peer = Peer::connect(addr).await.unwrap();
         let req =
             format!("{method} {path} HTTP/1.1\r\nHost: admin\r\n{extra}Connection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await.unwrap();
-        raw
+        peer.send(req.as_bytes()).await.unwrap();
+        let head = peer.response_head().await.expect("a head");
+        (head, peer.read_to_close().await)
     };
-    let raw = tokio::time::timeout(TEST_DEADLINE, exchange)
+    let (head, body) = tokio::time::timeout(TEST_DEADLINE, exchange)
         .await
         .expect("admin answered in time");
-    let text = String::from_utf8(raw).expect("utf-8 reply");
-    let (head, body) = text.split_once("\r\n\r\n").expect("a head");
-    let status = head[9..12].parse().unwrap();
     Reply {
-        status,
-        head: head.to_ascii_lowercase(),
-        body: body.to_string(),
+        status: head.status,
+        head: String::from_utf8(head.raw)
+            .expect("utf-8 head")
+            .to_ascii_lowercase(),
+        body: String::from_utf8(body).expect("utf-8 body"),
     }
 }
 

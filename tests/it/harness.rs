@@ -10,6 +10,7 @@ use bytes::BytesMut;
 use chunkgate::codec::chunked::LAST_CHUNK;
 use chunkgate::harness::mock::{MockHandle, MockOptions, MockUpstream};
 use chunkgate::harness::naive::PartialChunks;
+use chunkgate::harness::peer::Peer;
 use chunkgate::harness::runner::{run, Direction, HarnessConfig, Report};
 use chunkgate::harness::split::{chunk_wire, SplitStrategy};
 use indicatif::ProgressBar;
@@ -53,44 +54,6 @@ async fn start_naive_proxy(upstream: SocketAddr) -> NaiveProxy {
     NaiveProxy { addr, task }
 }
 
-/// Read a head (request or response) into `buf`; returns its length and body framing.
-async fn read_head(
-    s: &mut TcpStream,
-    buf: &mut BytesMut,
-    request: bool,
-) -> io::Result<(usize, Option<u64>, bool)> {
-    loop {
-        let mut fields = [httparse::EMPTY_HEADER; 64];
-        let parsed = if request {
-            let mut r = httparse::Request::new(&mut fields);
-            match r.parse(buf).map_err(|e| io::Error::other(e.to_string()))? {
-                httparse::Status::Complete(n) => Some((n, r.headers.to_vec())),
-                httparse::Status::Partial => None,
-            }
-        } else {
-            let mut r = httparse::Response::new(&mut fields);
-            match r.parse(buf).map_err(|e| io::Error::other(e.to_string()))? {
-                httparse::Status::Complete(n) => Some((n, r.headers.to_vec())),
-                httparse::Status::Partial => None,
-            }
-        };
-        if let Some((n, headers)) = parsed {
-            let get = |name: &str| {
-                headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case(name))
-                    .map(|h| String::from_utf8_lossy(h.value).to_string())
-            };
-            let chunked = get("transfer-encoding").is_some_and(|v| v.contains("chunked"));
-            let length = get("content-length").and_then(|v| v.trim().parse().ok());
-            return Ok((n, length, chunked));
-        }
-        if s.read_buf(buf).await? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-    }
-}
-
 /// Forward a chunked body, one chunk out per piece of payload each read delivered.
 async fn rechunk(from: &mut TcpStream, to: &mut TcpStream, mut data: BytesMut) -> io::Result<()> {
     let mut reader = PartialChunks::default();
@@ -129,30 +92,30 @@ async fn copy_length(
     }
 }
 
-async fn naive_exchange(mut client: TcpStream, upstream: SocketAddr) -> io::Result<()> {
+async fn naive_exchange(client: TcpStream, upstream: SocketAddr) -> io::Result<()> {
     client.set_nodelay(true)?;
-    let mut buf = BytesMut::with_capacity(16 << 10);
-    let (n, length, chunked) = read_head(&mut client, &mut buf, true).await?;
-    let mut up = TcpStream::connect(upstream).await?;
-    up.set_nodelay(true)?;
-    up.write_all(&buf[..n]).await?;
-    let rest = buf.split_off(n);
-    if chunked {
-        rechunk(&mut client, &mut up, rest).await?;
-    } else if let Some(len) = length {
-        copy_length(&mut client, &mut up, rest, len).await?;
+    let mut client = Peer::new(client);
+    let head = client.request_head().await?;
+    let mut up = Peer::connect(upstream).await?;
+    up.send(&head.raw).await?;
+    let rest = client.buf.split_off(0);
+    if head.is_chunked() {
+        rechunk(&mut client.stream, &mut up.stream, rest).await?;
+    } else if let Some(len) = head.content_length() {
+        copy_length(&mut client.stream, &mut up.stream, rest, len).await?;
     }
-    let mut buf = BytesMut::with_capacity(16 << 10);
-    let (n, length, chunked) = read_head(&mut up, &mut buf, false).await?;
-    client.write_all(&buf[..n]).await?;
-    let rest = buf.split_off(n);
-    if chunked {
-        rechunk(&mut up, &mut client, rest).await
-    } else if let Some(len) = length {
-        copy_length(&mut up, &mut client, rest, len).await
+    let head = up.response_head().await?;
+    client.send(&head.raw).await?;
+    let rest = up.buf.split_off(0);
+    if head.is_chunked() {
+        rechunk(&mut up.stream, &mut client.stream, rest).await
+    } else if let Some(len) = head.content_length() {
+        copy_length(&mut up.stream, &mut client.stream, rest, len).await
     } else {
-        client.write_all(&rest).await?;
-        tokio::io::copy(&mut up, &mut client).await.map(|_| ())
+        client.send(&rest).await?;
+        tokio::io::copy(&mut up.stream, &mut client.stream)
+            .await
+            .map(|_| ())
     }
 }
 
