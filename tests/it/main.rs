@@ -13,6 +13,7 @@ mod common;
 mod config;
 mod demo;
 mod deploy;
+mod fuzz_exchange_seeds;
 mod harness;
 mod loadgen;
 mod mock_upstream;

@@ -417,7 +417,7 @@ async fn a_declared_body_over_the_default_limit_is_413_before_anything_is_forwar
 async fn a_response_with_a_coding_after_chunked_is_passed_on_until_close() {
     bounded(TEST_LIMIT, async {
         let upstream = raw_upstream(|mut peer, _| async move {
-            read_request(&mut peer).await.expect("request");
+            peer.request().await.expect("request");
             peer.send(
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, deflate\r\n\r\n\x01\x02coded",
             )
