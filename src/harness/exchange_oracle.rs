@@ -70,6 +70,7 @@ use tokio_util::codec::Decoder;
 
 use crate::codec::chunked::{ChunkedDecoder, Frame, Limits as ChunkLimits};
 use crate::config::{Config, UpstreamUrl};
+use crate::harness::peer::{parse_head_with, Framing, HeadKind, PeerLimits, HEADERS_CAPACITY};
 use crate::proxy::Proxy;
 
 /// Separates the sections of an input.
@@ -915,54 +916,31 @@ impl UpstreamReader {
     /// Read a request head: `Ok(Some(has_body))` when one was read (its body's reading set
     /// up), `Ok(None)` when more bytes are needed.
     fn head(&mut self, log: &mut ConnLog, seq: &AtomicUsize) -> Result<Option<bool>, String> {
-        let mut fields = [httparse::EMPTY_HEADER; 256];
-        let mut req = httparse::Request::new(&mut fields);
-        let n = match req.parse(&self.buf) {
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Ok(httparse::Status::Complete(n)) => n,
-            Err(e) => return Err(format!("not a request head: {e}")),
+        // The shared strict reader: CRLF only, no empty line first, one framing or none.
+        let limits = PeerLimits::default()
+            .max_head_bytes(usize::MAX)
+            .max_headers(HEADERS_CAPACITY);
+        let parsed = parse_head_with(&self.buf, HeadKind::Request, &limits, |v| {
+            let forwarded_for: Vec<Vec<u8>> = v
+                .fields
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+                .map(|h| h.value.to_vec())
+                .collect();
+            let method = v.method.as_bytes().to_vec();
+            (v.len, method, forwarded_for, v.request_framing())
+        })
+        .map_err(|e| format!("not a request head: {e}"))?;
+        let Some((n, method, forwarded_for, framing)) = parsed else {
+            return Ok(None);
         };
-        let head = &self.buf[..n];
-        if head[0] == b'\r' || head[0] == b'\n' {
-            return Err("an empty line before a request head".into());
-        }
-        if head
-            .iter()
-            .enumerate()
-            .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
-        {
-            return Err("a bare LF in a request head".into());
-        }
-        let mut te = Vec::new();
-        let mut cl = Vec::new();
-        let mut forwarded_for = Vec::new();
-        for h in req.headers.iter() {
-            if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                te.push(h.value);
-            } else if h.name.eq_ignore_ascii_case("content-length") {
-                cl.push(h.value);
-            } else if h.name.eq_ignore_ascii_case("x-forwarded-for") {
-                forwarded_for.push(h.value.to_vec());
-            }
-        }
-        let state = match (te.as_slice(), cl.as_slice()) {
-            ([], []) => None,
-            ([v], []) if v.eq_ignore_ascii_case(b"chunked") => Some(UpState::Chunked(Box::new(
-                ChunkedDecoder::new(ChunkLimits::default()),
-            ))),
-            ([], [v]) => match parse_digits(v) {
-                Some(remaining) => Some(UpState::Length { remaining }),
-                None => return Err(format!("Content-Length {:?}", show(v))),
-            },
-            _ => {
-                return Err(format!(
-                    "framing fields Transfer-Encoding {:?}, Content-Length {:?}",
-                    te.iter().map(|v| show(v)).collect::<Vec<_>>(),
-                    cl.iter().map(|v| show(v)).collect::<Vec<_>>()
-                ))
-            }
+        let state = match framing.map_err(|e| format!("request framing: {e}"))? {
+            Framing::None | Framing::Close => None,
+            Framing::Chunked => Some(UpState::Chunked(Box::new(ChunkedDecoder::new(
+                ChunkLimits::default(),
+            )))),
+            Framing::Length(remaining) => Some(UpState::Length { remaining }),
         };
-        let method = req.method.unwrap_or_default().as_bytes().to_vec();
         let start = self.offset;
         self.buf.advance(n);
         self.offset += n;

@@ -146,6 +146,8 @@ pub enum HeadError {
         /// The limit.
         limit: usize,
     },
+    /// An empty line before the start line.
+    EmptyLineFirst,
     /// A line ends in LF without CR, at this byte offset of the head.
     BareLf {
         /// Offset of the LF.
@@ -160,6 +162,7 @@ impl fmt::Display for HeadError {
         match self {
             HeadError::TooLarge { limit } => write!(f, "head over {limit} bytes"),
             HeadError::TooManyHeaders { limit } => write!(f, "more than {limit} header fields"),
+            HeadError::EmptyLineFirst => f.write_str("empty line before the start line"),
             HeadError::BareLf { offset } => write!(f, "bare LF in head at byte {offset}"),
             HeadError::Invalid(e) => write!(f, "invalid head: {e}"),
         }
@@ -203,8 +206,9 @@ pub struct HeadView<'b, 'h> {
 ///
 /// `Ok(None)` while the head is incomplete; an error for a head longer than
 /// [`PeerLimits::max_head_bytes`] (complete or not), with more fields than
-/// [`PeerLimits::max_headers`] or than `fields` holds, with a line that ends in a bare LF, or that
-/// httparse refuses. Pure: nothing is consumed from `buf`.
+/// [`PeerLimits::max_headers`] or than `fields` holds, with an empty line before the start line
+/// or a line that ends in a bare LF (httparse accepts both), or that httparse refuses. Pure:
+/// nothing is consumed from `buf`.
 pub fn parse_head<'b, 'h>(
     buf: &'b [u8],
     kind: HeadKind,
@@ -249,6 +253,9 @@ pub fn parse_head<'b, 'h>(
         });
     }
     let raw = &buf[..len];
+    if matches!(raw.first(), Some(b'\r' | b'\n')) {
+        return Err(HeadError::EmptyLineFirst);
+    }
     if let Some(offset) = memchr::memchr_iter(b'\n', raw).find(|&i| i == 0 || raw[i - 1] != b'\r') {
         return Err(HeadError::BareLf { offset });
     }
@@ -386,7 +393,8 @@ impl Head {
 
     /// How the body of this response to a `method` request is delimited (RFC 9112 §6.3): none
     /// after `HEAD` and for 1xx, 204 and 304; else as for a request, except that a response
-    /// with neither field is read until close.
+    /// with neither field, or whose last transfer coding (over all its `Transfer-Encoding`
+    /// fields) is not `chunked`, is read until close.
     pub fn response_framing(&self, method: &str) -> Result<Framing, FramingError> {
         response_framing(self.status, method, self.pairs())
     }
@@ -415,9 +423,9 @@ pub enum FramingError {
     SeveralLengths,
     /// A `Content-Length` that is not `1*DIGIT` (surrounding whitespace aside) or overflows.
     InvalidLength,
-    /// More than one `Transfer-Encoding` field.
+    /// More than one `Transfer-Encoding` field in a request.
     SeveralCodings,
-    /// A `Transfer-Encoding` other than exactly `chunked`.
+    /// A request `Transfer-Encoding` other than exactly `chunked`.
     UnsupportedCoding,
     /// `Transfer-Encoding` on an HTTP/1.0 request.
     CodingOnHttp10,
@@ -493,7 +501,7 @@ fn request_framing<'a>(
     minor: u8,
     fields: impl Iterator<Item = (&'a str, &'a [u8])> + Clone,
 ) -> Result<Framing, FramingError> {
-    let framing = body_framing(fields)?;
+    let framing = body_framing(HeadKind::Request, fields)?;
     if framing == Some(Framing::Chunked) && minor == 0 {
         return Err(FramingError::CodingOnHttp10);
     }
@@ -512,26 +520,40 @@ fn response_framing<'a>(
     {
         return Ok(Framing::None);
     }
-    Ok(body_framing(fields)?.unwrap_or(Framing::Close))
+    Ok(body_framing(HeadKind::Response, fields)?.unwrap_or(Framing::Close))
 }
 
 /// The framing the fields declare, `None` when they declare none.
 fn body_framing<'a>(
+    kind: HeadKind,
     fields: impl Iterator<Item = (&'a str, &'a [u8])> + Clone,
 ) -> Result<Option<Framing>, FramingError> {
     let mut codings = named(fields.clone(), "transfer-encoding");
     let mut lengths = named(fields, "content-length");
+    let list = |v: &'a [u8]| {
+        v.split(|&b| b == b',')
+            .map(<[u8]>::trim_ascii)
+            .filter(|c| !c.is_empty())
+    };
     match (codings.next(), lengths.next()) {
         (None, None) => Ok(None),
         (Some(_), Some(_)) => Err(FramingError::LengthAndChunked),
+        (Some(te), None) if kind == HeadKind::Response => {
+            // RFC 9112 §6.3 rule 4: chunked last means chunked; any other last coding means
+            // the body runs until close.
+            let last = std::iter::once(te).chain(codings).flat_map(list).last();
+            let chunked = last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
+            Ok(Some(if chunked {
+                Framing::Chunked
+            } else {
+                Framing::Close
+            }))
+        }
         (Some(te), None) => {
             if codings.next().is_some() {
                 return Err(FramingError::SeveralCodings);
             }
-            let mut list = te
-                .split(|&b| b == b',')
-                .map(<[u8]>::trim_ascii)
-                .filter(|c| !c.is_empty());
+            let mut list = list(te);
             match (list.next(), list.next()) {
                 (Some(c), None) if c.eq_ignore_ascii_case(b"chunked") => Ok(Some(Framing::Chunked)),
                 _ => Err(FramingError::UnsupportedCoding),
@@ -1225,6 +1247,10 @@ mod tests {
             parse(b"HTTP/1.1 200 OK\r\nA: b\n\r\n", HeadKind::Response),
             Err(HeadError::BareLf { offset: 21 })
         );
+        assert_eq!(
+            parse(b"\r\nGET / HTTP/1.1\r\n\r\n", HeadKind::Request),
+            Err(HeadError::EmptyLineFirst)
+        );
         let limits = PeerLimits::default().max_head_bytes(32).max_headers(2);
         let refusal = |raw: &[u8], limits: &PeerLimits| {
             parse_head_with(raw, HeadKind::Response, limits, |_| ()).err()
@@ -1307,6 +1333,19 @@ mod tests {
         }
         let resp = response(b"HTTP/1.1 200 OK\r\n\r\n");
         assert_eq!(resp.response_framing("GET"), Ok(Framing::Close));
+        for (te, framing) in [
+            ("gzip, chunked", Framing::Chunked),
+            ("gzip\r\nTransfer-Encoding: chunked", Framing::Chunked),
+            ("chunked, deflate", Framing::Close),
+            ("chunked\r\nTransfer-Encoding: gzip", Framing::Close),
+        ] {
+            let raw = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {te}\r\n\r\n");
+            assert_eq!(
+                response(raw.as_bytes()).response_framing("GET"),
+                Ok(framing),
+                "{te:?}"
+            );
+        }
         assert_eq!(resp.response_framing("HEAD"), Ok(Framing::None));
         for status in ["100 Continue", "204 No Content", "304 Not Modified"] {
             let raw = format!("HTTP/1.1 {status}\r\nContent-Length: 5\r\n\r\n");
