@@ -7,6 +7,13 @@ use std::time::Duration;
 
 use crate::common::*;
 
+/// Send `request` on a new connection to `proxy` and read the answer to `method`.
+async fn ask(proxy: &TestProxy, request: &[u8], method: &str) -> RawResponse {
+    let mut c = proxy.connect().await;
+    c.send(request).await.expect("send");
+    c.response(method).await.expect("answer")
+}
+
 /// An upstream that reads each request whole and answers `200 ok`.
 async fn ok_upstream() -> Upstream {
     hyper_upstream(|req| async move {
@@ -43,12 +50,7 @@ async fn slow_request_bodies_never_open_the_breaker() {
             assert_eq!(resp.head.status, 200, "a slow body is not the upstream's fault");
         }
         // Everyone else is still served.
-        let mut other = proxy.connect().await;
-        other
-            .send(b"GET /v1/models HTTP/1.1\r\nHost: api.test\r\n\r\n")
-            .await
-            .expect("send");
-        assert_eq!(other.response("GET").await.expect("answer").head.status, 200);
+        assert_eq!(ask(&proxy, b"GET /v1/models HTTP/1.1\r\nHost: api.test\r\n\r\n", "GET").await.head.status, 200);
     })
     .await;
 }
@@ -71,12 +73,7 @@ async fn slow_content_length_bodies_hold_no_upstream_connection() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(upstream.accepted(), 0, "no connection for an unfinished body");
-        let mut other = proxy.connect().await;
-        other
-            .send(b"GET /v1/models HTTP/1.1\r\nHost: api.test\r\n\r\n")
-            .await
-            .expect("send");
-        let resp = other.response("GET").await.expect("answer");
+        let resp = ask(&proxy, b"GET /v1/models HTTP/1.1\r\nHost: api.test\r\n\r\n", "GET").await;
         assert_eq!(resp.head.status, 200);
         drop(slow);
     })
@@ -124,12 +121,12 @@ async fn an_answer_before_the_whole_body_is_never_pooled() {
         let body = first.chunked_body().await;
         assert!(body.is_complete(), "{:?}", body.end);
 
-        let mut second = proxy.connect().await;
-        second
-            .send(b"GET /v1/models HTTP/1.1\r\nHost: api.test\r\n\r\n")
-            .await
-            .expect("send");
-        let resp = second.response("GET").await.expect("answer");
+        let resp = ask(
+            &proxy,
+            b"GET /v1/models HTTP/1.1\r\nHost: api.test\r\n\r\n",
+            "GET",
+        )
+        .await;
         assert_eq!(resp.head.status, 200);
         assert_eq!(resp.body, b"second");
         assert_eq!(
@@ -178,11 +175,7 @@ async fn no_spelling_of_a_protected_path_gets_past_its_route() {
             "/secret/%2e%2e/x",
             "/secret\\x",
         ] {
-            let mut c = proxy.connect().await;
-            c.send(format!("GET {target} HTTP/1.1\r\nHost: api.test\r\n\r\n").as_bytes())
-                .await
-                .expect("send");
-            let resp = c.response("GET").await.expect("answer");
+            let resp = ask(&proxy, format!("GET {target} HTTP/1.1\r\nHost: api.test\r\n\r\n").as_bytes(), "GET").await;
             assert!(
                 matches!(resp.head.status, 400 | 401),
                 "{target}: {}",
@@ -191,11 +184,7 @@ async fn no_spelling_of_a_protected_path_gets_past_its_route() {
         }
         assert_eq!(upstream.requested(), 0, "reached the upstream: {paths:?}");
         // The route is matched on the normalised path, which is what goes upstream.
-        let mut c = proxy.connect().await;
-        c.send(b"GET /%73ecret/x?k=%2f HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer tok\r\n\r\n")
-            .await
-            .expect("send");
-        assert_eq!(c.response("GET").await.expect("answer").head.status, 200);
+        assert_eq!(ask(&proxy, b"GET /%73ecret/x?k=%2f HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer tok\r\n\r\n", "GET").await.head.status, 200);
         assert_eq!(paths.lock().expect("lock").as_slice(), ["/secret/x?k=%2f"]);
     })
     .await;
@@ -215,21 +204,30 @@ async fn a_rewritten_path_never_leaves_the_target_prefix() {
             "/local/%2e%2e/admin",
             "/local/..%2fadmin",
         ] {
-            let mut c = proxy.connect().await;
-            c.send(format!("GET {target} HTTP/1.1\r\nHost: api.test\r\n\r\n").as_bytes())
-                .await
-                .expect("send");
             assert_eq!(
-                c.response("GET").await.expect("answer").head.status,
+                ask(
+                    &proxy,
+                    format!("GET {target} HTTP/1.1\r\nHost: api.test\r\n\r\n").as_bytes(),
+                    "GET"
+                )
+                .await
+                .head
+                .status,
                 400,
                 "{target}"
             );
         }
-        let mut c = proxy.connect().await;
-        c.send(b"GET /local/v1/models HTTP/1.1\r\nHost: api.test\r\n\r\n")
+        assert_eq!(
+            ask(
+                &proxy,
+                b"GET /local/v1/models HTTP/1.1\r\nHost: api.test\r\n\r\n",
+                "GET"
+            )
             .await
-            .expect("send");
-        assert_eq!(c.response("GET").await.expect("answer").head.status, 200);
+            .head
+            .status,
+            200
+        );
         assert_eq!(paths.lock().expect("lock").as_slice(), ["/api/v1/models"]);
     })
     .await;
@@ -255,16 +253,20 @@ async fn client_trailers_follow_the_header_rules() {
         let mut cfg = config(&[upstream.addr]);
         cfg.routes[0].inject_headers = vec![("X-Api-Key".into(), "sk-real".into())];
         let proxy = TestProxy::start(cfg).await;
-        let mut c = proxy.connect().await;
-        c.send(
-            b"POST /v1/x HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+        assert_eq!(
+            ask(
+                &proxy,
+                b"POST /v1/x HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\r\n\
               2\r\n{}\r\n0\r\nX-Forwarded-For: 6.6.6.6\r\nProxy-Authorization: Basic eA==\r\n\
               X_Api_Key: attacker\r\nX-Api-Key: attacker\r\nX-Request-Id: twice\r\n\
               X-Checksum: abc\r\n\r\n",
-        )
-        .await
-        .expect("send");
-        assert_eq!(c.response("POST").await.expect("answer").head.status, 200);
+                "POST"
+            )
+            .await
+            .head
+            .status,
+            200
+        );
         let trailers = got.lock().expect("lock").clone();
         let names: Vec<String> = trailers
             .iter()
@@ -314,26 +316,33 @@ async fn a_client_that_half_closes_after_its_request_gets_the_whole_stream() {
 async fn absolute_form_for_another_host_is_refused_and_options_star_stays_a_star() {
     bounded(TEST_LIMIT, async {
         let (proxy, upstream, paths) = two_routes().await;
-        let mut c = proxy.connect().await;
-        c.send(b"GET http://evil.test/v1/models HTTP/1.1\r\nHost: evil.test\r\n\r\n")
+        assert_eq!(
+            ask(
+                &proxy,
+                b"GET http://evil.test/v1/models HTTP/1.1\r\nHost: evil.test\r\n\r\n",
+                "GET"
+            )
             .await
-            .expect("send");
-        assert_eq!(c.response("GET").await.expect("answer").head.status, 400);
+            .head
+            .status,
+            400
+        );
         assert_eq!(upstream.requested(), 0);
         // Our own authority is fine.
         let own = format!(
             "GET http://{0}/v1/models HTTP/1.1\r\nHost: {0}\r\n\r\n",
             proxy.addr
         );
-        let mut c = proxy.connect().await;
-        c.send(own.as_bytes()).await.expect("send");
-        assert_eq!(c.response("GET").await.expect("answer").head.status, 200);
-        let mut c = proxy.connect().await;
-        c.send(b"OPTIONS * HTTP/1.1\r\nHost: api.test\r\n\r\n")
-            .await
-            .expect("send");
+        assert_eq!(ask(&proxy, own.as_bytes(), "GET").await.head.status, 200);
         assert_eq!(
-            c.response("OPTIONS").await.expect("answer").head.status,
+            ask(
+                &proxy,
+                b"OPTIONS * HTTP/1.1\r\nHost: api.test\r\n\r\n",
+                "OPTIONS"
+            )
+            .await
+            .head
+            .status,
             200
         );
         assert_eq!(paths.lock().expect("lock").as_slice(), ["/v1/models", "*"]);
@@ -362,12 +371,12 @@ async fn at_the_connection_cap_the_answer_is_503_with_retry_after_at_once() {
             .expect("send");
         assert_eq!(holder.response_head().await.expect("head").status, 200);
         let sent = std::time::Instant::now();
-        let mut other = proxy.connect().await;
-        other
-            .send(b"GET /v1/models HTTP/1.1\r\nHost: api.test\r\n\r\n")
-            .await
-            .expect("send");
-        let resp = other.response("GET").await.expect("answer");
+        let resp = ask(
+            &proxy,
+            b"GET /v1/models HTTP/1.1\r\nHost: api.test\r\n\r\n",
+            "GET",
+        )
+        .await;
         assert_eq!(resp.head.status, 503);
         assert_eq!(resp.head.get("retry-after"), Some("1"));
         assert!(
