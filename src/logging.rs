@@ -12,13 +12,14 @@
 use std::fmt;
 use std::io::IsTerminal;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
+use crate::stream::tap::Summary;
 
 /// Lines the non-blocking log writer buffers before it starts dropping.
 pub const LOG_BUFFER_LINES: usize = 128 * 1024;
@@ -169,6 +170,14 @@ pub struct ExchangeRecord {
     pub retries: u32,
     /// How it ended.
     pub outcome: Outcome,
+    /// Wall-clock time the request head was read (for records kept outside the process).
+    pub started_at: SystemTime,
+    /// Time from the request being sent upstream to the first non-empty text delta of the
+    /// answer, when the stream tap saw one.
+    pub ttft: Option<Duration>,
+    /// What the stream tap read of the answer (dialect, model, text, usage ...), when the
+    /// route's tap ran on it.
+    pub llm: Option<Box<Summary>>,
 }
 
 impl ExchangeRecord {

@@ -107,6 +107,9 @@ where
         duration: Duration::ZERO,
         retries: 0,
         outcome: Outcome::Complete,
+        started_at: std::time::SystemTime::now(),
+        ttft: None,
+        llm: None,
     };
     let mut ex = Exchange {
         conn,

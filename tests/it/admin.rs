@@ -96,6 +96,9 @@ fn record(status: u16, outcome: Outcome) -> ExchangeRecord {
         duration: Duration::from_millis(1500),
         retries: 1,
         outcome,
+        started_at: std::time::SystemTime::now(),
+        ttft: None,
+        llm: None,
     }
 }
 
