@@ -39,9 +39,10 @@ use crate::proxy::headers;
 use crate::proxy::io::{MinRate, ReadIdle, ReadSize};
 use crate::proxy::pump::{Pump, PumpError};
 use crate::proxy::replay::Replay;
-use crate::proxy::response::{ResponseFlow, ResponsePlan};
+use crate::proxy::response::{with_include_usage, ResponseFlow, ResponsePlan};
 use crate::proxy::route::{self, Route};
 use crate::proxy::Shared;
+use crate::stream::dialect::Dialect;
 use crate::upstream::balance::{Group, Upstream};
 use crate::upstream::pool::PooledConn;
 use crate::upstream::retry::{Failure, FailureKind};
@@ -148,6 +149,7 @@ where
         let shared = Arc::clone(&self.shared);
         let mut admitted = admit(&shared, &head, &self.conn.info, &mut self.rec, upload)?;
         self.route = Some(admitted.route.index);
+        let mut hide_usage = false;
         if let BodyFraming::Length(n) = admitted.meta.framing {
             // A small Content-Length body has no chunk boundaries to keep: read it whole
             // before any upstream connection is taken, so a slow client holds none.
@@ -164,6 +166,9 @@ where
                         u.min_rate,
                     )
                     .await?;
+                    if admitted.route.stream.inject_include_usage {
+                        hide_usage = ask_for_usage(u, &mut admitted, n);
+                    }
                 }
             }
         }
@@ -204,7 +209,7 @@ where
             takes_trailers: client_takes_trailers,
             route: admitted.route,
             path: admitted.target.path(),
-            hide_usage: false,
+            hide_usage,
         };
         self.stream(committed, upload, client, total_deadline).await
     }
@@ -638,6 +643,35 @@ fn admit<'r, S>(
         route,
         client_takes_trailers,
     })
+}
+
+/// `inject_include_usage`: when the whole body (`n` bytes, in the client's buffer) is an
+/// OpenAI chat/completions streaming request without `stream_options.include_usage`, ask for
+/// usage: the body forwarded (and held for a replay) is the one with it. True when it was
+/// added, so the usage-only event is kept from the client.
+fn ask_for_usage<S>(u: &mut Upload<S>, admitted: &mut Admitted<'_>, n: u64) -> bool {
+    let openai = matches!(
+        Dialect::from_path(admitted.target.path()),
+        Some(Dialect::OpenAiChat | Dialect::OpenAiCompletions)
+    );
+    let Ok(n) = usize::try_from(n) else {
+        return false;
+    };
+    if !openai || u.client.buf.len() < n {
+        return false;
+    }
+    let Some(body) = with_include_usage(&u.client.buf[..n]) else {
+        return false;
+    };
+    let rest = u.client.buf.split_off(n);
+    let mut buf = BytesMut::with_capacity(body.len() + rest.len());
+    buf.extend_from_slice(&body);
+    buf.extend_from_slice(&rest);
+    u.client.buf = buf;
+    let len = body.len() as u64;
+    u.reader = BodyReader::Length { remaining: len };
+    admitted.meta.framing = BodyFraming::Length(len);
+    true
 }
 
 /// Read until `client.buf` holds `n` bytes (a whole Content-Length body), held to the idle

@@ -309,3 +309,92 @@ pub(crate) fn metric(text: &str, line: &str) -> u64 {
         .find_map(|l| l.strip_prefix(line)?.trim().parse::<f64>().ok())
         .map_or(0, |v| v as u64)
 }
+
+/// An upstream that answers with the usage fixture and reports, on `seen`, the request body.
+async fn usage_upstream(seen: tokio::sync::mpsc::UnboundedSender<Vec<u8>>) -> Upstream {
+    let f = fixture("openai-chat/stream-usage.sse");
+    let events = units(&f);
+    let writes = upstream_answer(&f.body, &f.content_type, Shape::Split, &events);
+    raw_upstream(move |mut peer, _| {
+        let writes = writes.clone();
+        let seen = seen.clone();
+        async move {
+            let Ok(Some(req)) = peer.request().await else {
+                return;
+            };
+            let _ = seen.send(req.body);
+            for w in &writes {
+                if peer.send(w).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+}
+
+async fn ask_stream(proxy: &TestProxy, body: &str) -> chunkgate::harness::peer::RawResponse {
+    let mut c = proxy.connect().await;
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    c.send(req.as_bytes()).await.expect("send");
+    c.response("POST").await.expect("response")
+}
+
+#[tokio::test]
+async fn inject_include_usage_asks_for_usage_and_hides_the_event_nobody_asked_for() {
+    bounded(TEST_LIMIT, async {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let upstream = usage_upstream(tx).await;
+        let mut cfg = config(&[upstream.addr]);
+        cfg.routes[0].stream.inject_include_usage = true;
+        let proxy = TestProxy::start(cfg).await;
+        let f = fixture("openai-chat/stream-usage.sse");
+        let events = units(&f);
+        let usage_event = events.len() - 2;
+
+        // A client that did not ask for usage: asked for upstream, hidden from the client.
+        let resp = ask_stream(
+            &proxy,
+            r#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#,
+        )
+        .await;
+        let sent: serde_json::Value = serde_json::from_slice(&rx.recv().await.unwrap()).unwrap();
+        assert_eq!(sent["stream_options"]["include_usage"], true, "{sent}");
+        assert_eq!(sent["model"], "gpt-4o-mini");
+        assert!(resp.end == chunkgate::harness::peer::BodyEnd::Complete);
+        let mut want = events.clone();
+        want.remove(usage_event);
+        let got: Vec<&[u8]> = resp.chunks().iter().map(|c| &c[..]).collect();
+        let want: Vec<&[u8]> = want.iter().map(|e| &e[..]).collect();
+        assert_eq!(
+            got, want,
+            "every event but the usage-only one, one per chunk"
+        );
+        let text = proxy.metrics.encode();
+        let line =
+            "chunkgate_tokens_total{route=\"/\",model=\"gpt-4o-mini-2024-07-18\",kind=\"output\"}";
+        assert_eq!(
+            metric(&text, line),
+            17,
+            "the tap read the hidden event: {text}"
+        );
+        assert_eq!(
+            metric(&text, "chunkgate_usage_events_hidden_total{route=\"/\"}"),
+            1
+        );
+
+        // A client that asked for usage itself gets it, its body untouched.
+        let own = r#"{"stream":true,"stream_options":{"include_usage":true}}"#;
+        let resp = ask_stream(&proxy, own).await;
+        assert_eq!(rx.recv().await.unwrap(), own.as_bytes());
+        assert_eq!(resp.body, f.body);
+        // So does one that does not stream.
+        let plain = r#"{"stream":false}"#;
+        ask_stream(&proxy, plain).await;
+        assert_eq!(rx.recv().await.unwrap(), plain.as_bytes());
+    })
+    .await;
+}
