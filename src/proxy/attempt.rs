@@ -34,6 +34,7 @@ use crate::proxy::conn::{ClientInfo, ClientRead};
 use crate::proxy::error::ExchangeError;
 use crate::proxy::headers::{self, ForwardContext};
 use crate::proxy::io::{make_room, MinRate};
+use crate::proxy::keepalive::KeepAlive;
 use crate::proxy::pump::{Flow, Pump, PumpError};
 use crate::proxy::replay::Replay;
 use crate::proxy::route::Route;
@@ -233,6 +234,8 @@ pub(crate) struct AttemptCtx<'a> {
 pub(crate) struct AttemptScratch {
     head: BytesMut,
     sent_continue: bool,
+    /// Keepalive comments while the upstream thinks (route `keepalive`, streaming requests).
+    pub keepalive: Option<KeepAlive>,
 }
 
 /// A response head from the upstream: what the streaming phase needs, owned, so the state of
@@ -318,8 +321,14 @@ where
             ctx.route.index,
         ));
     }
-    let (up_rd, up_buf, resp_head) =
-        await_head(ctx, upstream, upload, up_rd, up_buf, stale).await?;
+    let waiting = Waiting {
+        up_rd,
+        up_buf,
+        stale,
+        client_wr,
+        keepalive: &mut scratch.keepalive,
+    };
+    let (up_rd, up_buf, resp_head) = await_head(ctx, upstream, upload, waiting).await?;
     if matches!(resp_head.status, 502..=504) {
         breaker_failure(ctx.shared, upstream);
     } else if resp_head.status < 500 {
@@ -442,13 +451,24 @@ async fn await_head<S>(
     ctx: &AttemptCtx<'_>,
     upstream: &Upstream,
     upload: &mut UploadSlot<S>,
-    up_rd: UpstreamRead,
-    up_buf: BytesMut,
-    stale: FailureKind,
-) -> Result<(UpstreamRead, BytesMut, ResponseHead), Box<AttemptFailure>> {
+    waiting: Waiting<'_, S>,
+) -> Result<(UpstreamRead, BytesMut, ResponseHead), Box<AttemptFailure>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Waiting {
+        up_rd,
+        up_buf,
+        stale,
+        client_wr,
+        keepalive,
+    } = waiting;
     let cfg = &ctx.shared.config;
     let head_read = read_response_head(up_rd, up_buf, ResponseParser::new(cfg.limits.head));
     tokio::pin!(head_read);
+    let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+    let comment = tokio::time::sleep_until(keepalive.as_ref().map_or(far, KeepAlive::due));
+    tokio::pin!(comment);
     let total = sleep_until_opt(ctx.total_deadline);
     tokio::pin!(total);
     let head_timer = tokio::time::sleep(cfg.timeouts.response_head);
@@ -481,6 +501,15 @@ async fn await_head<S>(
             }
             h = &mut head_read => break h,
             _ = &mut head_timer, if body_sent => break Err(ExchangeError::UpstreamHeadTimeout),
+            _ = &mut comment, if keepalive.is_some() => {
+                if let Some(ka) = keepalive.as_mut() {
+                    if let Err(e) = ka.tick(client_wr).await {
+                        upstream.breaker.on_abandon(Instant::now());
+                        return Err(AttemptFailure::new(e, FailureKind::Final));
+                    }
+                    comment.as_mut().reset(ka.due());
+                }
+            }
             _ = &mut total => {
                 upstream.breaker.on_abandon(Instant::now());
                 return Err(AttemptFailure::new(ExchangeError::TotalTimeout, FailureKind::Final));
@@ -502,6 +531,16 @@ async fn await_head<S>(
             Err(AttemptFailure::new(err, kind))
         }
     }
+}
+
+/// What an attempt waits for its response head with.
+struct Waiting<'a, S> {
+    up_rd: UpstreamRead,
+    up_buf: BytesMut,
+    /// What a failure before the head means (see [`FailureKind`]).
+    stale: FailureKind,
+    client_wr: &'a mut tokio::io::WriteHalf<S>,
+    keepalive: &'a mut Option<KeepAlive>,
 }
 
 /// Send the head and the body held for a replay (all of it, with its end if it was read

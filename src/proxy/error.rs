@@ -61,6 +61,9 @@ pub enum ExchangeError {
     UpstreamHeadTimeout,
     /// The upstream switched protocols (101) although no upgrade was asked for.
     UpstreamSwitched,
+    /// The upstream answered with an error status after keepalive comments had committed
+    /// the response to `200`.
+    UpstreamStatus(u16),
     /// The overall exchange deadline passed.
     TotalTimeout,
     /// The upstream is at its connection cap and no slot freed in time.
@@ -100,6 +103,7 @@ impl ExchangeError {
             UpstreamFraming(_) => "bad_response_framing",
             UpstreamHeadTimeout => "response_head_timeout",
             UpstreamSwitched => "unexpected_upgrade",
+            UpstreamStatus(_) => "upstream_status",
             TotalTimeout => "total_timeout",
             PoolExhausted => "upstream_connection_limit",
             UpstreamBroke(ReadError::Idle) => "stream_idle_timeout",
@@ -143,7 +147,7 @@ impl ExchangeError {
             UpstreamBroke(ReadError::Idle) => Outcome::Timeout("stream_idle"),
             ClientWrite(WriteError::Stalled) => Outcome::Timeout("client_write_stall"),
             Connect(_) | UpstreamIo(_) | UpstreamClosed | UpstreamHead(_) | UpstreamFraming(_)
-            | UpstreamSwitched => Outcome::UpstreamError,
+            | UpstreamSwitched | UpstreamStatus(_) => Outcome::UpstreamError,
             UpstreamBroke(_) => Outcome::UpstreamBroke,
             Shutdown => Outcome::Shutdown,
         }
@@ -165,6 +169,7 @@ impl ExchangeError {
                 "the upstream sent an invalid response".into()
             }
             UpstreamBroke(_) => "the upstream's response broke off".into(),
+            UpstreamStatus(s) => format!("the upstream answered {s}").into(),
             _ => self.to_string().into(),
         }
     }
@@ -212,7 +217,7 @@ impl ExchangeError {
             Connect(e) if e.is_timeout() => (504, "timeout_error", "gateway_timeout"),
             Connect(_) => (502, "upstream_error", "bad_gateway"),
             UpstreamIo(_) | UpstreamClosed | UpstreamHead(_) | UpstreamFraming(_)
-            | UpstreamSwitched => (502, "upstream_error", "bad_gateway"),
+            | UpstreamSwitched | UpstreamStatus(_) => (502, "upstream_error", "bad_gateway"),
             UpstreamHeadTimeout | TotalTimeout => (504, "timeout_error", "gateway_timeout"),
             // Only before the response started; after, the stream is cut instead.
             UpstreamBroke(_) => (502, "upstream_error", "bad_gateway"),
@@ -275,6 +280,7 @@ impl fmt::Display for ExchangeError {
                 "the upstream is at its connection limit; try again later",
             ),
             UpstreamSwitched => f.write_str("the upstream switched protocols without being asked"),
+            UpstreamStatus(s) => write!(f, "the upstream answered {s} after the stream started"),
             UpstreamBroke(e) => write!(f, "the upstream's response body broke: {e}"),
             ClientWrite(WriteError::Stalled) => {
                 f.write_str("the client stopped reading within the write-stall timeout")
@@ -288,21 +294,28 @@ impl fmt::Display for ExchangeError {
 impl std::error::Error for ExchangeError {}
 
 impl ExchangeError {
-    /// Write this error's whole answer (head and OpenAI-style JSON body) to `dst`, with
-    /// `Connection: close`: the connection closes after it. `extra` fields follow the
-    /// request id.
-    pub fn write_answer(&self, request_id: &[u8], extra: &[(&str, &str)], dst: &mut BytesMut) {
-        let (status, kind, code) = self.answer();
+    /// The OpenAI-style JSON error object for the client: `{"error":{"message","type","code"}}`,
+    /// the message ending with the request id.
+    pub fn json_body(&self, request_id: &[u8]) -> String {
+        let (_, kind, code) = self.answer();
         let mut message = self.client_message().into_owned();
         if !request_id.is_empty() {
             message.push_str(" (request id ");
             message.push_str(&String::from_utf8_lossy(request_id));
             message.push(')');
         }
-        let body = serde_json::json!({
+        serde_json::json!({
             "error": { "message": message, "type": kind, "code": code }
         })
-        .to_string();
+        .to_string()
+    }
+
+    /// Write this error's whole answer (head and OpenAI-style JSON body) to `dst`, with
+    /// `Connection: close`: the connection closes after it. `extra` fields follow the
+    /// request id.
+    pub fn write_answer(&self, request_id: &[u8], extra: &[(&str, &str)], dst: &mut BytesMut) {
+        let status = self.answer().0;
+        let body = self.json_body(request_id);
         dst.reserve(256 + body.len());
         dst.put_slice(b"HTTP/1.1 ");
         dst.put_slice(status.to_string().as_bytes());
@@ -452,6 +465,7 @@ mod tests {
             (ExchangeError::UpstreamIo(io_err()), Outcome::UpstreamError),
             (ExchangeError::UpstreamClosed, Outcome::UpstreamError),
             (ExchangeError::UpstreamSwitched, Outcome::UpstreamError),
+            (ExchangeError::UpstreamStatus(500), Outcome::UpstreamError),
             (
                 ExchangeError::UpstreamBroke(ReadError::Eof),
                 Outcome::UpstreamBroke,

@@ -37,6 +37,7 @@ use crate::proxy::conn::{
 use crate::proxy::error::ExchangeError;
 use crate::proxy::headers;
 use crate::proxy::io::{MinRate, ReadIdle, ReadSize};
+use crate::proxy::keepalive::KeepAlive;
 use crate::proxy::pump::{Pump, PumpError};
 use crate::proxy::replay::Replay;
 use crate::proxy::response::{with_include_usage, ResponseFlow, ResponsePlan};
@@ -73,6 +74,9 @@ struct Exchange<'c, S> {
     route: Option<usize>,
     /// Time from the answer's first token to its end, when the tap saw one.
     streamed: Option<Duration>,
+    /// Keepalive comments committed the response (`200`, chunked) before the upstream
+    /// answered: its head is not written again.
+    early: bool,
 }
 
 /// An admitted request: how its body is delimited and where it goes.
@@ -126,6 +130,7 @@ where
         committed: false,
         route: None,
         streamed: None,
+        early: false,
     };
     let mut upload = UploadSlot::Idle(Box::new(Upload::new(
         client,
@@ -172,11 +177,16 @@ where
                 }
             }
         }
+        let keepalive =
+            admitted.route.stream.keepalive.filter(|_| {
+                head.version != Version::Http10 && wants_stream(&head, &admitted, upload)
+            });
         let total_deadline = shared.config.timeouts.total.map(|t| self.started + t);
         // Boxed: the upstream phase's state is the largest part of a connection's, and a
         // stream that outlives it should not keep its room.
         let committed = {
-            let attempts = Box::pin(self.attempts(&head, &admitted, upload, total_deadline));
+            let attempts =
+                Box::pin(self.attempts(&head, &admitted, upload, total_deadline, keepalive));
             let hard_stop = shared.hard_stop.cancelled();
             tokio::select! {
                 c = attempts => c?,
@@ -221,6 +231,7 @@ where
         admitted: &Admitted<'_>,
         upload: &mut UploadSlot<S>,
         total_deadline: Option<Instant>,
+        keepalive: Option<Duration>,
     ) -> Result<Box<Committed>, ExchangeError> {
         let shared = Arc::clone(&self.shared);
         let policy = &shared.retry;
@@ -239,6 +250,14 @@ where
         };
         let mut tried: Vec<usize> = Vec::new();
         let mut scratch = AttemptScratch::default();
+        scratch.keepalive = keepalive.map(|every| {
+            KeepAlive::new(
+                every,
+                tokio::time::Instant::from_std(self.started),
+                self.request_id.clone(),
+                shared.config.timeouts.client_write_stall,
+            )
+        });
         let mut attempt: u32 = 0;
         loop {
             let Some(upstream) = pick(group, &mut tried) else {
@@ -250,6 +269,25 @@ where
             self.rec.upstream = Arc::clone(upstream.name_shared());
             let result =
                 attempt::run(&ctx, &upstream, upload, &mut self.conn.wr, &mut scratch).await;
+            if let Some(ka) = scratch.keepalive.as_ref().filter(|k| k.committed()) {
+                // Keepalive comments committed `200`: no retry, and a failure is told in the
+                // stream.
+                self.committed = true;
+                self.early = true;
+                self.rec.status = 200;
+                let err = match result {
+                    Ok(c) if (200..300).contains(&c.resp_head.status) => {
+                        self.rec.ttfb = Some(self.started.elapsed());
+                        return Ok(c);
+                    }
+                    Ok(c) => ExchangeError::UpstreamStatus(c.resp_head.status),
+                    Err(f) => f.error,
+                };
+                if err.answerable() {
+                    ka.error_event(&mut self.conn.wr, &err).await;
+                }
+                return Err(err);
+            }
             let (failure, error, committed) = match result {
                 Ok(c) => {
                     self.rec.ttfb = Some(self.started.elapsed());
@@ -339,7 +377,10 @@ where
             coding.is_some(),
             client.hide_usage,
         );
-        if plan.stage.is_some() && matches!(client_framing, BodyFraming::Length(_)) {
+        if self.early {
+            // The keepalive head promised a chunked event stream.
+            client_framing = BodyFraming::Chunked;
+        } else if plan.stage.is_some() && matches!(client_framing, BodyFraming::Length(_)) {
             // Aligned events leave as chunks of their own, whatever the upstream's framing.
             client_framing = if client.version == Version::Http10 {
                 BodyFraming::Close
@@ -392,7 +433,9 @@ where
             cfg.timeouts.client_write_stall,
         );
         // The head leaves with the first piece of the body when that is already here.
-        writer.set_pending(head_out);
+        if !self.early {
+            writer.set_pending(head_out);
+        }
         let mut flow = ResponseFlow {
             metrics: &shared.metrics,
             llm: &client.route.llm,
@@ -642,6 +685,32 @@ fn admit<'r, S>(
         target,
         route,
         client_takes_trailers,
+    })
+}
+
+/// Whether a request asks for a streamed answer: it accepts `text/event-stream`, or its
+/// whole body (read already) is JSON with `"stream": true`.
+fn wants_stream<S>(
+    head: &RequestHead,
+    admitted: &Admitted<'_>,
+    upload: &mut UploadSlot<S>,
+) -> bool {
+    let accepts_events = head
+        .get_all("accept")
+        .any(|v| memchr::memmem::find(&v.to_ascii_lowercase(), b"text/event-stream").is_some());
+    if accepts_events {
+        return true;
+    }
+    #[derive(serde::Deserialize)]
+    struct Body {
+        stream: Option<bool>,
+    }
+    let (BodyFraming::Length(n), Some(u)) = (admitted.meta.framing, upload.idle()) else {
+        return false;
+    };
+    let n = usize::try_from(n).unwrap_or(usize::MAX);
+    u.client.buf.get(..n).is_some_and(|body| {
+        serde_json::from_slice::<Body>(body).is_ok_and(|b| b.stream == Some(true))
     })
 }
 

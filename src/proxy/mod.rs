@@ -40,6 +40,7 @@ pub mod error;
 mod exchange;
 pub mod headers;
 mod io;
+mod keepalive;
 mod pump;
 mod replay;
 mod response;

@@ -398,3 +398,107 @@ async fn inject_include_usage_asks_for_usage_and_hides_the_event_nobody_asked_fo
     })
     .await;
 }
+
+/// An upstream that thinks for `think`, then answers `status` with two events.
+async fn thinking_upstream(think: Duration, status: u16) -> Upstream {
+    raw_upstream(move |mut peer, _| async move {
+        if peer.request().await.ok().flatten().is_none() {
+            return;
+        }
+        tokio::time::sleep(think).await;
+        let head = format!(
+            "HTTP/1.1 {status} X\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        let _ = peer.send(head.as_bytes()).await;
+        let _ = peer.send(&chunk(b"data: {\"a\":1}\n\n")).await;
+        let _ = peer.send(&chunk(b"data: [DONE]\n\n")).await;
+        let _ = peer.send(b"0\r\n\r\n").await;
+    })
+    .await
+}
+
+fn keepalive_config(upstream: &Upstream) -> Config {
+    let mut cfg = config(&[upstream.addr]);
+    cfg.routes[0].stream.keepalive = Some(Duration::from_secs(1));
+    cfg
+}
+
+const STREAM_REQUEST: &[u8] =
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Length: 15\r\n\r\n{\"stream\":true}";
+
+#[tokio::test]
+async fn keepalive_comments_hold_the_line_until_the_first_event() {
+    bounded(TEST_LIMIT, async {
+        let upstream = thinking_upstream(Duration::from_millis(2500), 200).await;
+        let proxy = TestProxy::start(keepalive_config(&upstream)).await;
+        let mut c = proxy.connect().await;
+        let sent = std::time::Instant::now();
+        c.send(STREAM_REQUEST).await.expect("send");
+        let head = c.response_head().await.expect("head");
+        let committed_after = sent.elapsed();
+        assert_eq!(head.status, 200);
+        assert_eq!(head.get("content-type"), Some("text/event-stream"));
+        assert!(
+            committed_after >= Duration::from_millis(900)
+                && committed_after < Duration::from_millis(2000),
+            "committed after {committed_after:?}"
+        );
+        let body = c.chunked_body().await;
+        assert!(body.is_complete(), "{:?}", body.end);
+        assert_eq!(
+            body.texts(),
+            [
+                ": keepalive\n\n",
+                ": keepalive\n\n",
+                "data: {\"a\":1}\n\n",
+                "data: [DONE]\n\n"
+            ]
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn after_keepalive_an_upstream_error_is_one_error_event_and_a_cut_stream() {
+    bounded(TEST_LIMIT, async {
+        let upstream = thinking_upstream(Duration::from_millis(1500), 503).await;
+        let proxy = TestProxy::start(keepalive_config(&upstream)).await;
+        let mut c = proxy.connect().await;
+        c.send(STREAM_REQUEST).await.expect("send");
+        assert_eq!(c.response_head().await.expect("head").status, 200);
+        let body = c.chunked_body().await;
+        assert!(!body.is_complete(), "no clean end after an upstream error");
+        let texts = body.texts();
+        assert_eq!(texts[0], ": keepalive\n\n");
+        assert_eq!(texts.len(), 2, "{texts:?}");
+        let data = texts[1]
+            .strip_prefix("event: error\ndata: ")
+            .and_then(|t| t.strip_suffix("\n\n"))
+            .expect("one error event");
+        let (kind, _) = assert_error_json(data.as_bytes());
+        assert_eq!(kind, "upstream_error");
+        assert!(!data.contains("127.0.0.1"), "{data}");
+        assert_eq!(upstream.accepted(), 1, "no retry after the commit");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn requests_that_do_not_stream_get_no_keepalive() {
+    bounded(TEST_LIMIT, async {
+        let upstream = thinking_upstream(Duration::from_millis(1500), 200).await;
+        let proxy = TestProxy::start(keepalive_config(&upstream)).await;
+        let mut c = proxy.connect().await;
+        c.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}")
+            .await
+            .expect("send");
+        let body = c.response("POST").await.expect("response");
+        assert_eq!(body.head.status, 200);
+        assert_eq!(
+            body.chunks().len(),
+            2,
+            "the upstream's two events, nothing else"
+        );
+    })
+    .await;
+}
