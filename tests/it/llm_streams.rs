@@ -502,3 +502,76 @@ async fn requests_that_do_not_stream_get_no_keepalive() {
     })
     .await;
 }
+
+/// The official OpenAI Python SDK, pinned, installed under `target/pydeps` on first use
+/// (PyPI) when the machine's Python does not already have it.
+const OPENAI_SDK: &str = "openai==3.60.0";
+
+fn python_with_openai() -> (std::process::Command, PathBuf) {
+    let deps = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pydeps");
+    let has_sdk = |path: &Path| {
+        std::process::Command::new("python3")
+            .args(["-c", "import openai"])
+            .env("PYTHONPATH", path)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !has_sdk(&deps) {
+        let status = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg("--target")
+            .arg(&deps)
+            .arg(OPENAI_SDK)
+            .status()
+            .expect("python3 runs");
+        assert!(status.success(), "installing {OPENAI_SDK} failed");
+        assert!(has_sdk(&deps), "{OPENAI_SDK} installed but not importable");
+    }
+    let mut cmd = std::process::Command::new("python3");
+    cmd.env("PYTHONPATH", &deps);
+    (cmd, deps)
+}
+
+#[tokio::test]
+async fn the_official_openai_sdk_reads_a_realigned_stream_whole() {
+    let (mut python, _) = python_with_openai();
+    bounded(Duration::from_secs(60), async move {
+        let f = fixture("openai-chat/stream-usage.sse");
+        // The upstream cuts its answer every 3 bytes: inside multi-byte characters, inside
+        // JSON strings, between `data:` and its value.
+        let mut writes = vec![b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec()];
+        writes.extend(f.body.chunks(3).map(chunk));
+        writes.push(b"0\r\n\r\n".to_vec());
+        let upstream = scripted(writes).await;
+        let proxy = TestProxy::start(aligned(&upstream)).await;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/openai_stream.py");
+        python.arg(script).arg(format!("http://{}/v1", proxy.addr));
+        let out = tokio::task::spawn_blocking(move || python.output())
+            .await
+            .unwrap()
+            .expect("the SDK script runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        let got: Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+        let expected: Value = serde_json::from_slice(
+            &std::fs::read(root().join("openai-chat/stream-usage.expected.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(got["text"], expected["text"]);
+        assert_eq!(got["model"], "gpt-4o-mini-2024-07-18");
+        assert_eq!(got["finish_reason"], "stop");
+        assert_eq!(got["usage"]["prompt_tokens"], 23);
+        assert_eq!(got["usage"]["completion_tokens"], 17);
+        assert_eq!(got["chunks"], units(&f).len() - 1, "every event but [DONE]");
+        let text = proxy.metrics.encode();
+        let line = "chunkgate_tokens_total{route=\"/\",model=\"gpt-4o-mini-2024-07-18\",kind=\"output\"}";
+        assert_eq!(metric(&text, line), 17);
+    })
+    .await;
+}
