@@ -172,8 +172,8 @@ pub struct ExchangeRecord {
     pub outcome: Outcome,
     /// Wall-clock time the request head was read (for records kept outside the process).
     pub started_at: SystemTime,
-    /// Time from the request being sent upstream to the first non-empty text delta of the
-    /// answer, when the stream tap saw one.
+    /// Time from the request head to the first non-empty text delta of the answer, when the
+    /// stream tap saw one.
     pub ttft: Option<Duration>,
     /// What the stream tap read of the answer (dialect, model, text, usage ...), when the
     /// route's tap ran on it.

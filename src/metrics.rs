@@ -621,7 +621,7 @@ impl LlmMetrics {
             );
         r.register(
             "time_to_first_token_seconds",
-            "Time from sending the request to the first non-empty text delta of the answer",
+            "Time from the request head to the first non-empty text delta of the answer",
             ttft.clone(),
         );
         let rate =
@@ -776,7 +776,7 @@ impl Metrics {
     }
 
     /// An answer the tap read ended: tokens by model, time to first token, output rate, and
-    /// answers without usage. `ttft` is from sending the request; `streamed` is the time from
+    /// answers without usage. `ttft` is from the request head; `streamed` is the time from
     /// the first token to the end of the answer.
     pub fn answer_read(
         &self,

@@ -575,3 +575,67 @@ async fn the_official_openai_sdk_reads_a_realigned_stream_whole() {
     })
     .await;
 }
+
+/// How long after the upstream wrote the last piece of an event the client had it whole,
+/// for events cut in two with a 50 ms pause between the pieces; the median of 8.
+async fn completion_delay(align: Align) -> Duration {
+    const EVENTS: usize = 8;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<std::time::Instant>();
+    let upstream = raw_upstream(move |mut peer, _| {
+        let tx = tx.clone();
+        async move {
+            if peer.request().await.ok().flatten().is_none() {
+                return;
+            }
+            let _ = peer.send(CHUNKED_HEAD).await;
+            for n in 0..EVENTS {
+                let event = format!("data: {{\"n\":{n},\"pad\":\"{}\"}}\n\n", "x".repeat(40));
+                let (a, b) = event.as_bytes().split_at(event.len() / 2);
+                let _ = peer.send(&chunk(a)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let _ = tx.send(std::time::Instant::now());
+                let _ = peer.send(&chunk(b)).await;
+            }
+            let _ = peer.send(b"0\r\n\r\n").await;
+        }
+    })
+    .await;
+    let mut cfg = config(&[upstream.addr]);
+    cfg.routes[0].stream.align = align;
+    let proxy = TestProxy::start(cfg).await;
+    let mut c = proxy.connect().await;
+    c.send(b"GET /v1/chat/completions HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("send");
+    c.response_head().await.expect("head");
+    // Read the raw stream; an event is whole when its blank line is in.
+    let mut delays = Vec::new();
+    let mut seen = 0;
+    while delays.len() < EVENTS {
+        c.read_more().await.expect("read");
+        let now = std::time::Instant::now();
+        let ends = c.buf.windows(2).filter(|w| w == b"\n\n").count();
+        while seen < ends {
+            let sent = rx.recv().await.expect("send time");
+            delays.push(now.saturating_duration_since(sent));
+            seen += 1;
+        }
+    }
+    delays.sort();
+    delays[EVENTS / 2]
+}
+
+#[tokio::test]
+async fn an_aligned_event_leaves_when_its_blank_line_arrives() {
+    bounded(TEST_LIMIT, async {
+        let exact = completion_delay(Align::Chunks).await;
+        let aligned = completion_delay(Align::Events).await;
+        eprintln!("median completion delay: aligned {aligned:?}, chunk-exact {exact:?}");
+        // Held back until a later read would cost at least the 50 ms pause.
+        assert!(
+            aligned < exact + Duration::from_millis(10),
+            "aligned {aligned:?}, chunk-exact {exact:?}"
+        );
+    })
+    .await;
+}
