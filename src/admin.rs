@@ -58,7 +58,12 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     /// Upstreams and their breaker states, for the `/readyz` body.
     pub upstreams: UpstreamStates,
+    /// Re-read and install the configuration (`POST /reload`).
+    pub reload: Reload,
 }
+
+/// Re-reads the configuration: `Err` holds why it was refused.
+pub type Reload = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 impl std::fmt::Debug for AdminState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -151,6 +156,22 @@ pub fn readyz_body(ready: bool, upstreams: &[(String, &'static str)]) -> String 
 }
 
 fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/reload" {
+        if req.method() != Method::POST {
+            let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            resp.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("POST"));
+            return resp;
+        }
+        let (status, body) = match (state.reload)() {
+            Ok(()) => (StatusCode::OK, serde_json::json!({ "status": "reloaded" })),
+            Err(e) => (
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({ "status": "refused", "error": e }),
+            ),
+        };
+        return respond(status, "application/json", format!("{body}\n"));
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
         resp.headers_mut()

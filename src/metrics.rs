@@ -254,6 +254,7 @@ pub struct Metrics {
     rejections: Family<ReasonLabel, Counter>,
     timeouts: Family<KindLabel, Counter>,
     llm: LlmMetrics,
+    reloads: Family<ResultLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -388,6 +389,12 @@ impl Metrics {
         let timeouts = Family::<KindLabel, Counter>::default();
         r.register("timeouts", "Timeouts that fired, by kind", timeouts.clone());
         let llm = LlmMetrics::register(r);
+        let reloads = Family::<ResultLabel, Counter>::default();
+        r.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP, POST /reload) by result: ok, or error (refused; the running configuration stays)",
+            reloads.clone(),
+        );
 
         Metrics {
             registry: root,
@@ -410,6 +417,7 @@ impl Metrics {
             rejections,
             timeouts,
             llm,
+            reloads,
         }
     }
 
@@ -748,7 +756,18 @@ impl RouteLlmMetrics {
     }
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
 impl Metrics {
+    /// A configuration reload was installed (`ok`) or refused.
+    pub fn config_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.reloads.get_or_create(&ResultLabel { result }).inc();
+    }
+
     /// Keep at most `max` distinct `model` label values (see `metrics.max_models`).
     pub fn set_max_models(&self, max: usize) {
         self.llm.models.max.store(max as u64, Ordering::Relaxed);

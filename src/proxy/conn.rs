@@ -160,6 +160,10 @@ where
         loop {
             state = match state {
                 State::ReadingHead(mut client) => {
+                    // A reload applies to the next exchange of a kept-alive connection.
+                    if let Some(newer) = self.shared.newer() {
+                        self.shared = newer;
+                    }
                     match read_head(
                         &self.shared,
                         &mut client,

@@ -57,7 +57,7 @@ use crate::upstream::balance::Group;
 use crate::upstream::retry::RetryPolicy;
 use route::Route;
 
-pub use server::{serve_main, Capacity, Proxy};
+pub use server::{serve_main, Capacity, ConfigSource, Proxy, Reloader};
 
 /// State shared by every connection of one proxy.
 pub(crate) struct Shared {
@@ -70,4 +70,19 @@ pub(crate) struct Shared {
     pub draining: CancellationToken,
     /// Cancelled when the drain deadline passes: exchanges still running end as `shutdown`.
     pub hard_stop: CancellationToken,
+    /// The TLS acceptor of each listener (by its place in `config.listeners`), reloaded with
+    /// the configuration.
+    pub tls: Vec<Option<tokio_rustls::TlsAcceptor>>,
+    /// Where the running configuration is: a connection takes the newest for each exchange.
+    pub live: std::sync::OnceLock<std::sync::Weak<arc_swap::ArcSwap<Shared>>>,
+}
+
+impl Shared {
+    /// The running configuration's state: this one, or a newer one a reload installed.
+    /// `None` while this one is the newest.
+    pub fn newer(self: &Arc<Self>) -> Option<Arc<Shared>> {
+        let live = self.live.get()?.upgrade()?;
+        let current = live.load();
+        (!Arc::ptr_eq(&current, self)).then(|| Arc::clone(&current))
+    }
 }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -22,17 +23,21 @@ use crate::upstream::retry::RetryPolicy;
 
 struct Listener {
     tcp: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
     max_connections: usize,
 }
 
+/// Reads the configuration anew for a reload.
+pub type ConfigSource = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
+
 /// A bound, not yet running proxy.
 pub struct Proxy {
-    shared: Arc<Shared>,
+    /// The running configuration's state; a reload swaps it.
+    live: Arc<ArcSwap<Shared>>,
     listeners: Vec<Listener>,
     admin: Option<TcpListener>,
     shutdown: CancellationToken,
     ready: Arc<AtomicBool>,
+    source: Option<ConfigSource>,
 }
 
 impl Proxy {
@@ -43,87 +48,45 @@ impl Proxy {
     }
 
     /// [`Proxy::bind`] with a metrics registry supplied by the caller.
-    pub async fn bind_with_metrics(mut config: Config, metrics: Arc<Metrics>) -> io::Result<Proxy> {
+    pub async fn bind_with_metrics(config: Config, metrics: Arc<Metrics>) -> io::Result<Proxy> {
         let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
-        let capacity = Capacity::apply(&mut config);
-        tracing::info!(
-            fd_limit = capacity.fd_limit,
-            client_connections = capacity.clients,
-            upstream_connections = capacity.per_upstream,
-            "capacity: client connections across listeners, connections per upstream"
-        );
-        let mut groups = Vec::new();
-        for u in config.groups.iter().flat_map(|g| &g.upstreams) {
-            crate::codec::path::check_prefix(u.url.path_prefix.as_bytes()).map_err(|e| {
-                invalid(format!(
-                    "upstream {}: path prefix {:?} is not a normal path: {e}",
-                    u.url, u.url.path_prefix
-                ))
-            })?;
-        }
-        for g in &config.groups {
-            groups.push(Arc::new(
-                Group::new(g, &config.timeouts, &config.pool, &config.breaker).map_err(invalid)?,
-            ));
-        }
-        let mut routes = Vec::new();
-        for r in &config.routes {
-            let idx = config
-                .groups
-                .iter()
-                .position(|g| g.name == r.group)
-                .ok_or_else(|| {
-                    invalid(format!(
-                        "route {:?} names unknown group {:?}",
-                        r.prefix, r.group
-                    ))
-                })?;
-            let mut route = Route::new(r, routes.len(), idx).map_err(invalid)?;
-            route.llm = metrics.route_llm(&route.name);
-            routes.push(route);
-        }
-        metrics.set_max_models(config.metrics.max_models);
+        let tokens = (CancellationToken::new(), CancellationToken::new());
+        let shared = build_shared(config, metrics, None, tokens).map_err(invalid)?;
         let mut listeners = Vec::new();
-        for l in &config.listeners {
-            let tcp = TcpListener::bind(l.addr).await?;
-            let tls = match &l.tls {
-                Some(t) => Some(tokio_rustls::TlsAcceptor::from(
-                    crate::tls_server::server_config(&t.cert, &t.key).map_err(invalid)?,
-                )),
-                None => None,
-            };
+        for l in &shared.config.listeners {
             listeners.push(Listener {
-                tcp,
-                tls,
+                tcp: TcpListener::bind(l.addr).await?,
                 max_connections: l.max_connections.max(1),
             });
         }
-        let admin = match config.admin {
+        let admin = match shared.config.admin {
             Some(a) => Some(TcpListener::bind(a).await?),
             None => None,
         };
-        for g in &groups {
-            for u in &g.upstreams {
-                metrics.breaker_state(u.name(), 0);
-            }
-        }
-        let draining = CancellationToken::new();
-        let shared = Arc::new(Shared {
-            retry: RetryPolicy::from_config(&config.retry, draining.clone()),
-            config,
-            routes,
-            groups,
-            metrics,
-            draining,
-            hard_stop: CancellationToken::new(),
-        });
+        let live = Arc::new(ArcSwap::from_pointee(shared));
+        let _ = live.load().live.set(Arc::downgrade(&live));
         Ok(Proxy {
-            shared,
+            live,
             listeners,
             admin,
             shutdown: CancellationToken::new(),
             ready: Arc::new(AtomicBool::new(true)),
+            source: None,
         })
+    }
+
+    /// Where [`Reloader::reload`] reads the configuration from (`chunkgate serve`: the file and
+    /// flags it started with).
+    pub fn set_config_source(&mut self, source: ConfigSource) {
+        self.source = Some(source);
+    }
+
+    /// A handle that installs a new configuration while the proxy runs.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            live: Arc::clone(&self.live),
+            source: self.source.clone(),
+        }
     }
 
     /// The address of the first client listener.
@@ -154,7 +117,7 @@ impl Proxy {
 
     /// The metrics registry.
     pub fn metrics(&self) -> Arc<Metrics> {
-        Arc::clone(&self.shared.metrics)
+        Arc::clone(&self.live.load().metrics)
     }
 
     /// Serve until the shutdown token is cancelled, then drain for up to the configured drain
@@ -166,34 +129,38 @@ impl Proxy {
     /// Like [`Proxy::run`], reporting whether the drain finished in time.
     pub async fn run_drained(self) -> io::Result<bool> {
         let tracker = TaskTracker::new();
-        let shared = self.shared;
         let admin_stop = CancellationToken::new();
+        let reloader = self.reloader();
         if let Some(admin) = self.admin {
-            let groups = shared.groups.clone();
+            let live = Arc::clone(&self.live);
+            let reload = reloader.clone();
             let state = crate::admin::AdminState {
-                metrics: Arc::clone(&shared.metrics),
+                metrics: Arc::clone(&self.live.load().metrics),
                 ready: Arc::clone(&self.ready),
                 upstreams: Arc::new(move || {
                     let now = std::time::Instant::now();
-                    groups
+                    live.load()
+                        .groups
                         .iter()
                         .flat_map(|g| g.upstreams.iter())
                         .map(|u| (u.name().to_string(), u.breaker.state(now).as_str()))
                         .collect()
                 }),
+                reload: Arc::new(move || reload.reload()),
             };
             tokio::spawn(crate::admin::serve(admin, state, admin_stop.clone()));
         }
         let mut accept_tasks = Vec::new();
-        for l in self.listeners {
-            let shared = Arc::clone(&shared);
+        for (index, l) in self.listeners.into_iter().enumerate() {
+            let live = Arc::clone(&self.live);
             let tracker = tracker.clone();
             let stop = self.shutdown.clone();
-            accept_tasks.push(tokio::spawn(accept_loop(l, shared, tracker, stop)));
+            accept_tasks.push(tokio::spawn(accept_loop(l, index, live, tracker, stop)));
         }
         self.shutdown.cancelled().await;
         // Drain: stop accepting, say not ready, finish what is in flight.
         self.ready.store(false, Ordering::SeqCst);
+        let shared = self.live.load_full();
         shared.draining.cancel();
         for t in accept_tasks {
             let _ = t.await;
@@ -278,7 +245,8 @@ const HARD_STOP_GRACE: Duration = Duration::from_secs(1);
 
 async fn accept_loop(
     l: Listener,
-    shared: Arc<Shared>,
+    index: usize,
+    live: Arc<ArcSwap<Shared>>,
     tracker: TaskTracker,
     stop: CancellationToken,
 ) {
@@ -308,8 +276,8 @@ async fn accept_loop(
         let Ok(local) = stream.local_addr() else {
             continue;
         };
-        let shared = Arc::clone(&shared);
-        match &l.tls {
+        let shared = live.load_full();
+        match shared.tls.get(index).cloned().flatten() {
             None => {
                 tracker.spawn(async move {
                     conn::serve(shared, stream, peer, local, "http").await;
@@ -317,7 +285,6 @@ async fn accept_loop(
                 });
             }
             Some(acceptor) => {
-                let acceptor = acceptor.clone();
                 tracker.spawn(async move {
                     let hs = shared.config.timeouts.client_head;
                     match tokio::time::timeout(hs, acceptor.accept(stream)).await {
@@ -364,7 +331,7 @@ pub fn serve_main(args: crate::config::ServeArgs) -> ExitCode {
         }
     };
     rt.block_on(async move {
-        let proxy = match Proxy::bind(config).await {
+        let mut proxy = match Proxy::bind(config).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start");
@@ -378,6 +345,20 @@ pub fn serve_main(args: crate::config::ServeArgs) -> ExitCode {
         if let Some(a) = proxy.admin_addr() {
             tracing::info!(admin = %a, "admin listening");
         }
+        let source_args = args.clone();
+        proxy.set_config_source(Arc::new(move || {
+            crate::config::load(&source_args).map_err(|e| e.to_string())
+        }));
+        let reloader = proxy.reloader();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                let _ = reloader.reload();
+            }
+        });
         let stop = proxy.shutdown_token();
         tokio::spawn(async move {
             wait_signal().await;
@@ -407,4 +388,163 @@ async fn wait_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// Build the state of a configuration: groups and their upstreams (keeping those of `old`
+/// whose configuration is unchanged, with their pools and breakers), routes, TLS acceptors.
+fn build_shared(
+    mut config: Config,
+    metrics: Arc<Metrics>,
+    old: Option<&Shared>,
+    (draining, hard_stop): (CancellationToken, CancellationToken),
+) -> Result<Shared, String> {
+    let capacity = Capacity::apply(&mut config);
+    tracing::info!(
+        fd_limit = capacity.fd_limit,
+        client_connections = capacity.clients,
+        upstream_connections = capacity.per_upstream,
+        "capacity: client connections across listeners, connections per upstream"
+    );
+    for u in config.groups.iter().flat_map(|g| &g.upstreams) {
+        crate::codec::path::check_prefix(u.url.path_prefix.as_bytes()).map_err(|e| {
+            format!(
+                "upstream {}: path prefix {:?} is not a normal path: {e}",
+                u.url, u.url.path_prefix
+            )
+        })?;
+    }
+    let same_settings = old.is_some_and(|o| {
+        o.config.timeouts == config.timeouts
+            && o.config.pool == config.pool
+            && o.config.breaker == config.breaker
+    });
+    let old_groups: &[Arc<Group>] = old.map_or(&[], |o| &o.groups);
+    let mut groups = Vec::new();
+    for g in &config.groups {
+        let group = Group::reusing(
+            g,
+            &config.timeouts,
+            &config.pool,
+            &config.breaker,
+            old_groups,
+            same_settings,
+        )?;
+        groups.push(Arc::new(group));
+    }
+    let mut routes = Vec::new();
+    for r in &config.routes {
+        let idx = config
+            .groups
+            .iter()
+            .position(|g| g.name == r.group)
+            .ok_or_else(|| format!("route {:?} names unknown group {:?}", r.prefix, r.group))?;
+        let mut route = Route::new(r, routes.len(), idx)?;
+        route.llm = metrics.route_llm(&route.name);
+        routes.push(route);
+    }
+    let mut tls = Vec::new();
+    for l in &config.listeners {
+        tls.push(match &l.tls {
+            Some(t) => Some(tokio_rustls::TlsAcceptor::from(
+                crate::tls_server::server_config(&t.cert, &t.key)?,
+            )),
+            None => None,
+        });
+    }
+    metrics.set_max_models(config.metrics.max_models);
+    for u in groups.iter().flat_map(|g| &g.upstreams) {
+        let kept = old_groups
+            .iter()
+            .flat_map(|g| &g.upstreams)
+            .any(|o| Arc::ptr_eq(o, u));
+        if !kept {
+            metrics.breaker_state(u.name(), 0);
+        }
+    }
+    Ok(Shared {
+        retry: RetryPolicy::from_config(&config.retry, draining.clone()),
+        config,
+        routes,
+        groups,
+        metrics,
+        draining,
+        hard_stop,
+        tls,
+        live: std::sync::OnceLock::new(),
+    })
+}
+
+/// Installs a new configuration in a running proxy (SIGHUP, `POST /reload`).
+///
+/// New exchanges use it; exchanges in flight finish on the state they started with.
+/// Upstreams whose configuration (and the timeouts, pool and breaker settings) did not change
+/// keep their pools and breakers; TLS certificates are read from their files again. Listener
+/// addresses and limits and the admin address are not changed by a reload: they need a restart.
+/// An invalid configuration is refused with its `file:line:key` error, logged and counted; the
+/// running one stays.
+#[derive(Clone)]
+pub struct Reloader {
+    live: Arc<ArcSwap<Shared>>,
+    source: Option<ConfigSource>,
+}
+
+impl Reloader {
+    /// Read the configuration from its source and install it.
+    pub fn reload(&self) -> Result<(), String> {
+        let loaded = match &self.source {
+            Some(source) => source(),
+            None => Err("no configuration source to reload from".to_string()),
+        };
+        match loaded {
+            Ok(config) => self.install(config),
+            Err(e) => Err(self.refused(e)),
+        }
+    }
+
+    /// Install `config`.
+    pub fn install(&self, config: Config) -> Result<(), String> {
+        let old = self.live.load_full();
+        if !same_addresses(&config, &old.config) {
+            tracing::warn!(
+                "listener addresses changed: they need a restart; the running listeners stay"
+            );
+        }
+        if config.admin != old.config.admin {
+            tracing::warn!("the admin address changed: it needs a restart; the running one stays");
+        }
+        let mut config = config;
+        // What only a restart changes stays as it runs.
+        let tls_of: Vec<Option<crate::config::TlsServerConfig>> =
+            config.listeners.iter().map(|l| l.tls.clone()).collect();
+        config.listeners = old.config.listeners.clone();
+        for (l, tls) in config.listeners.iter_mut().zip(tls_of) {
+            l.tls = tls;
+        }
+        config.admin = old.config.admin;
+        let tokens = (old.draining.clone(), old.hard_stop.clone());
+        let shared = match build_shared(config, Arc::clone(&old.metrics), Some(&old), tokens) {
+            Ok(s) => s,
+            Err(e) => return Err(self.refused(e)),
+        };
+        let _ = shared.live.set(Arc::downgrade(&self.live));
+        self.live.store(Arc::new(shared));
+        old.metrics.config_reload(true);
+        tracing::info!("configuration reloaded: new exchanges use it");
+        Ok(())
+    }
+
+    fn refused(&self, e: String) -> String {
+        self.live.load().metrics.config_reload(false);
+        tracing::error!(error = %e, "configuration reload refused; the running configuration stays");
+        e
+    }
+}
+
+/// Whether two configurations listen on the same addresses.
+fn same_addresses(a: &Config, b: &Config) -> bool {
+    a.listeners.len() == b.listeners.len()
+        && a.listeners
+            .iter()
+            .zip(&b.listeners)
+            .all(|(x, y)| x.addr == y.addr)
 }

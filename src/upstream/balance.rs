@@ -150,17 +150,51 @@ impl Group {
         pool: &PoolConfig,
         breaker: &BreakerConfig,
     ) -> Result<Group, String> {
+        Group::new_with(cfg, |u| {
+            Upstream::new(u, timeouts, pool, breaker).map(Arc::new)
+        })
+    }
+
+    /// As [`Group::new`], keeping the upstreams of `old` whose configuration is unchanged
+    /// (their pool, breaker and counts go on); `same_settings` says whether the timeouts, pool
+    /// and breaker settings they were built with are unchanged too.
+    pub fn reusing(
+        cfg: &config::UpstreamGroup,
+        timeouts: &Timeouts,
+        pool: &PoolConfig,
+        breaker: &BreakerConfig,
+        old: &[Arc<Group>],
+        same_settings: bool,
+    ) -> Result<Group, String> {
+        let mut group = Group::new_with(cfg, |u| {
+            let kept = same_settings
+                .then(|| {
+                    old.iter()
+                        .flat_map(|g| &g.upstreams)
+                        .find(|o| o.cfg == *u)
+                        .cloned()
+                })
+                .flatten();
+            match kept {
+                Some(o) => Ok(o),
+                None => Upstream::new(u, timeouts, pool, breaker).map(Arc::new),
+            }
+        })?;
+        group.name = cfg.name.clone();
+        Ok(group)
+    }
+
+    fn new_with(
+        cfg: &config::UpstreamGroup,
+        mut make: impl FnMut(&UpstreamConfig) -> Result<Arc<Upstream>, String>,
+    ) -> Result<Group, String> {
         if cfg.upstreams.is_empty() {
             return Err(format!("upstream group {:?} has no upstreams", cfg.name));
         }
         let upstreams = cfg
             .upstreams
             .iter()
-            .map(|u| {
-                Upstream::new(u, timeouts, pool, breaker)
-                    .map(Arc::new)
-                    .map_err(|e| format!("upstream group {:?}: {e}", cfg.name))
-            })
+            .map(|u| make(u).map_err(|e| format!("upstream group {:?}: {e}", cfg.name)))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Group {
             name: cfg.name.clone(),

@@ -39,6 +39,7 @@ async fn start(metrics: Arc<Metrics>) -> Admin {
                 ("http://127.0.0.1:9001".to_string(), "open"),
             ]
         }),
+        reload: Arc::new(|| Err("no configuration source to reload from".to_string())),
     };
     let task = tokio::spawn(admin::serve(listener, state, shutdown.clone()));
     Admin {

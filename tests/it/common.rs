@@ -102,6 +102,8 @@ pub struct TestProxy {
     pub stop: CancellationToken,
     /// The proxy's metrics registry.
     pub metrics: Arc<Metrics>,
+    /// Installs a new configuration while it runs.
+    pub reloader: chunkgate::proxy::Reloader,
     task: Option<JoinHandle<io::Result<bool>>>,
 }
 
@@ -114,11 +116,13 @@ impl TestProxy {
         let addr = proxy.local_addr();
         let stop = proxy.shutdown_token();
         let metrics = proxy.metrics();
+        let reloader = proxy.reloader();
         let task = tokio::spawn(proxy.run_drained());
         TestProxy {
             addr,
             stop,
             metrics,
+            reloader,
             task: Some(task),
         }
     }

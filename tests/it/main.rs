@@ -27,6 +27,7 @@ mod proxy_security;
 mod proxy_stream;
 mod proxy_tls;
 mod proxy_total_timeout;
+mod reload;
 mod shutdown_signal;
 mod stream_fixtures;
 mod upstream_pool;
