@@ -253,6 +253,7 @@ pub struct Metrics {
     breaker: Family<UpstreamLabel, Gauge>,
     rejections: Family<ReasonLabel, Counter>,
     timeouts: Family<KindLabel, Counter>,
+    llm: LlmMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -391,6 +392,7 @@ impl Metrics {
             "Access-log lines dropped because the log writer was too far behind",
             crate::logging::dropped_lines().clone(),
         );
+        let llm = LlmMetrics::register(r);
 
         Metrics {
             registry: root,
@@ -412,6 +414,7 @@ impl Metrics {
             breaker,
             rejections,
             timeouts,
+            llm,
         }
     }
 
@@ -548,6 +551,272 @@ impl Metrics {
             self.ttfc.observe_duration(t);
         }
         self.duration.observe_duration(rec.duration);
+    }
+}
+
+/// Histogram buckets for output tokens per second: 1 to 5,000.
+const RATE_BUCKETS: [f64; 13] = [
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
+];
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    route: String,
+    model: String,
+    kind: &'static str,
+}
+
+/// The LLM-stream series: events the aligner cut, tokens, first-token times.
+struct LlmMetrics {
+    events: Family<RouteLabel, Counter>,
+    realigned: Family<RouteLabel, Counter>,
+    coalesced: Family<RouteLabel, Counter>,
+    oversized: Family<RouteLabel, Counter>,
+    partial: Family<RouteLabel, Counter>,
+    glued: Family<RouteLabel, Counter>,
+    ttft: Family<RouteLabel, AtomicHistogram, fn() -> AtomicHistogram>,
+    rate: Family<RouteLabel, AtomicHistogram, fn() -> AtomicHistogram>,
+    without_usage: Family<RouteLabel, Counter>,
+    usage_hidden: Family<RouteLabel, Counter>,
+    tokens: Family<TokenLabels, Counter>,
+    models: ModelLabels,
+}
+
+impl LlmMetrics {
+    fn register(r: &mut Registry) -> LlmMetrics {
+        fn counter(r: &mut Registry, name: &str, help: &str) -> Family<RouteLabel, Counter> {
+            let f = Family::<RouteLabel, Counter>::default();
+            r.register(name, help, f.clone());
+            f
+        }
+        let events = counter(
+            r,
+            "sse_events",
+            "Whole events (or NDJSON lines) forwarded by routes with align = \"events\"",
+        );
+        let realigned = counter(
+            r,
+            "sse_events_realigned",
+            "Events the upstream split over several chunks, forwarded whole",
+        );
+        let coalesced = counter(
+            r,
+            "sse_events_coalesced",
+            "Upstream chunks that held more than one event, forwarded one event per chunk",
+        );
+        let oversized = counter(
+            r,
+            "sse_events_oversized",
+            "Events longer than the route's max_event, forwarded in pieces",
+        );
+        let partial = counter(
+            r,
+            "sse_events_partial_at_end",
+            "Bodies that ended inside an event; what was held went out as its own chunk",
+        );
+        let glued = counter(r, "sse_events_glued", "Events holding two JSON payloads without a blank line between them (forwarded unchanged)");
+        let ttft =
+            Family::<RouteLabel, AtomicHistogram, fn() -> AtomicHistogram>::new_with_constructor(
+                || AtomicHistogram::seconds(&WAIT_BUCKETS),
+            );
+        r.register(
+            "time_to_first_token_seconds",
+            "Time from sending the request to the first non-empty text delta of the answer",
+            ttft.clone(),
+        );
+        let rate =
+            Family::<RouteLabel, AtomicHistogram, fn() -> AtomicHistogram>::new_with_constructor(
+                || AtomicHistogram::new(&RATE_BUCKETS, 1e-3),
+            );
+        r.register(
+            "output_tokens_per_second",
+            "Output tokens per second of a streamed answer, from its first token to its end",
+            rate.clone(),
+        );
+        let without_usage = counter(
+            r,
+            "streams_without_usage",
+            "Answers the tap read that reported no token usage",
+        );
+        let usage_hidden = counter(
+            r,
+            "usage_events_hidden",
+            "Usage-only events asked for by inject_include_usage and kept from the client",
+        );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        r.register(
+            "tokens",
+            "Tokens the answers reported, by route, model (bounded: see metrics.max_models) and kind (input, output)",
+            tokens.clone(),
+        );
+        LlmMetrics {
+            events,
+            realigned,
+            coalesced,
+            oversized,
+            partial,
+            glued,
+            ttft,
+            rate,
+            without_usage,
+            usage_hidden,
+            tokens,
+            models: ModelLabels::new(32),
+        }
+    }
+}
+
+/// The `model` label values: the first `max` distinct models seen, then `other`. Read under a
+/// shared lock once per answer; written only when a new model is admitted.
+struct ModelLabels {
+    max: AtomicU64,
+    known: std::sync::RwLock<Vec<Arc<str>>>,
+    other: Arc<str>,
+    none: Arc<str>,
+}
+
+impl ModelLabels {
+    fn new(max: usize) -> Self {
+        ModelLabels {
+            max: AtomicU64::new(max as u64),
+            known: std::sync::RwLock::new(Vec::new()),
+            other: Arc::from("other"),
+            none: Arc::from("unknown"),
+        }
+    }
+
+    fn label(&self, model: Option<&str>) -> Arc<str> {
+        let Some(model) = model.filter(|m| !m.is_empty()) else {
+            return Arc::clone(&self.none);
+        };
+        let find = |known: &[Arc<str>]| known.iter().find(|k| &***k == model).cloned();
+        if let Some(found) = self.known.read().ok().and_then(|k| find(&k)) {
+            return found;
+        }
+        let Ok(mut known) = self.known.write() else {
+            return Arc::clone(&self.other);
+        };
+        if let Some(found) = find(&known) {
+            return found;
+        }
+        if (known.len() as u64) < self.max.load(Ordering::Relaxed) {
+            let label: Arc<str> = Arc::from(model);
+            known.push(Arc::clone(&label));
+            return label;
+        }
+        Arc::clone(&self.other)
+    }
+}
+
+/// A route's LLM-stream series, resolved once when the proxy starts: counting an answer costs
+/// no label lookup except for its model's token series.
+#[derive(Debug, Clone, Default)]
+pub struct RouteLlmMetrics {
+    route: String,
+    events: Counter,
+    realigned: Counter,
+    coalesced: Counter,
+    oversized: Counter,
+    partial: Counter,
+    glued: Counter,
+    ttft: Option<AtomicHistogram>,
+    rate: Option<AtomicHistogram>,
+    without_usage: Counter,
+    usage_hidden: Counter,
+}
+
+impl RouteLlmMetrics {
+    /// Count what the aligner of one answer saw.
+    pub fn aligned(&self, c: &crate::stream::align::AlignCounts) {
+        for (counter, n) in [
+            (&self.events, c.events),
+            (&self.realigned, c.realigned),
+            (&self.coalesced, c.coalesced),
+            (&self.oversized, c.oversized),
+            (&self.partial, c.partial_at_end),
+            (&self.glued, c.glued),
+        ] {
+            if n > 0 {
+                counter.inc_by(n);
+            }
+        }
+    }
+
+    /// One usage-only event was kept from the client.
+    pub fn usage_hidden(&self) {
+        self.usage_hidden.inc();
+    }
+}
+
+impl Metrics {
+    /// Keep at most `max` distinct `model` label values (see `metrics.max_models`).
+    pub fn set_max_models(&self, max: usize) {
+        self.llm.models.max.store(max as u64, Ordering::Relaxed);
+    }
+
+    /// The LLM-stream series of `route`, resolved once.
+    pub fn route_llm(&self, route: &str) -> RouteLlmMetrics {
+        let l = &self.llm;
+        let label = RouteLabel {
+            route: route.to_string(),
+        };
+        RouteLlmMetrics {
+            route: route.to_string(),
+            events: l.events.get_or_create(&label).clone(),
+            realigned: l.realigned.get_or_create(&label).clone(),
+            coalesced: l.coalesced.get_or_create(&label).clone(),
+            oversized: l.oversized.get_or_create(&label).clone(),
+            partial: l.partial.get_or_create(&label).clone(),
+            glued: l.glued.get_or_create(&label).clone(),
+            ttft: Some(l.ttft.get_or_create(&label).clone()),
+            rate: Some(l.rate.get_or_create(&label).clone()),
+            without_usage: l.without_usage.get_or_create(&label).clone(),
+            usage_hidden: l.usage_hidden.get_or_create(&label).clone(),
+        }
+    }
+
+    /// An answer the tap read ended: tokens by model, time to first token, output rate, and
+    /// answers without usage. `ttft` is from sending the request; `streamed` is the time from
+    /// the first token to the end of the answer.
+    pub fn answer_read(
+        &self,
+        route: &RouteLlmMetrics,
+        summary: &crate::stream::tap::Summary,
+        ttft: Option<Duration>,
+        streamed: Option<Duration>,
+    ) {
+        if let (Some(t), Some(h)) = (ttft, &route.ttft) {
+            h.observe_duration(t);
+        }
+        let usage = &summary.usage;
+        if usage.input.is_none() && usage.output.is_none() {
+            route.without_usage.inc();
+            return;
+        }
+        let model = self.llm.models.label(summary.model.as_deref());
+        for (kind, n) in [("input", usage.input), ("output", usage.output)] {
+            if let Some(n) = n {
+                self.llm
+                    .tokens
+                    .get_or_create(&TokenLabels {
+                        route: route.route.clone(),
+                        model: model.to_string(),
+                        kind,
+                    })
+                    .inc_by(n);
+            }
+        }
+        if let (Some(out), Some(d), Some(h)) = (usage.output, streamed, &route.rate) {
+            let secs = d.as_secs_f64();
+            if out > 1 && secs > 0.0 {
+                h.observe_units(((out as f64 / secs) * 1000.0) as u64);
+            }
+        }
     }
 }
 

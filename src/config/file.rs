@@ -8,13 +8,15 @@ use std::path::PathBuf;
 
 use super::declare::{broken_order, lookup, sections, ListTable};
 use super::error::ConfigError;
-use super::kinds::{Kind, Leaf, Switch};
-use super::settings::{ADMIN, GROUP, LISTENER, MAX_CONNECTIONS, ROUTE, SETTINGS, UPSTREAM, WEIGHT};
+use super::kinds::{Kind, Leaf, Switch, Time};
+use super::settings::{
+    ADMIN, ALIGN, GROUP, LISTENER, MAX_CONNECTIONS, MAX_EVENT, ROUTE, SETTINGS, UPSTREAM, WEIGHT,
+};
 use super::units::{expand_env, process_env};
 use super::url::UpstreamUrl;
 use super::{
-    Config, ListenerConfig, RouteConfig, TlsServerConfig, UpstreamConfig, UpstreamGroup,
-    DEFAULT_MAX_CONNECTIONS,
+    Config, ListenerConfig, RouteConfig, StreamRouteConfig, TlsServerConfig, UpstreamConfig,
+    UpstreamGroup, DEFAULT_MAX_CONNECTIONS,
 };
 
 /// A value with the byte range it was written at.
@@ -660,6 +662,7 @@ fn routes(ctx: &Ctx<'_>, node: &S<Node>, cfg: &mut Config) -> Result<(), ConfigE
             }
         }
 
+        let stream = stream_keys(ctx, &f)?;
         cfg.routes.push(RouteConfig {
             prefix,
             group,
@@ -667,9 +670,37 @@ fn routes(ctx: &Ctx<'_>, node: &S<Node>, cfg: &mut Config) -> Result<(), ConfigE
             rewrite_prefix,
             inject_headers,
             require_bearer,
+            stream,
         });
     }
     Ok(())
+}
+
+/// The LLM stream keys of a route.
+fn stream_keys(ctx: &Ctx<'_>, f: &Fields<'_>) -> Result<StreamRouteConfig, ConfigError> {
+    let mut s = StreamRouteConfig::default();
+    if let Some(align) = f.read(ctx, &ALIGN, "align")? {
+        s.align = align;
+    }
+    if let Some(max_event) = f.read(ctx, &MAX_EVENT, "max_event")? {
+        s.max_event = max_event;
+    }
+    if let Some(tap) = f.read(ctx, &Switch, "tap")? {
+        s.tap = tap;
+    }
+    if let Some(inject) = f.read(ctx, &Switch, "inject_include_usage")? {
+        s.inject_include_usage = inject;
+    }
+    if let Some(node) = f.get("keepalive") {
+        let key = f.key("keepalive");
+        let every = Time.read(ctx, node, &key)?;
+        let (min, max) = StreamRouteConfig::KEEPALIVE_RANGE;
+        if every < min || every > max {
+            return Err(ctx.err(node, &key, "must be from 1s to 1h"));
+        }
+        s.keepalive = Some(every);
+    }
+    Ok(s)
 }
 
 #[cfg(test)]

@@ -11,8 +11,8 @@ use super::kinds::Kind;
 use super::settings::{MAX_CONNECTIONS, SETTINGS};
 use super::url::UpstreamUrl;
 use super::{
-    Config, ListenerConfig, RouteConfig, TlsServerConfig, UpstreamConfig, UpstreamGroup,
-    DEFAULT_MAX_CONNECTIONS,
+    Align, Config, ListenerConfig, RouteConfig, StreamRouteConfig, TlsServerConfig, UpstreamConfig,
+    UpstreamGroup, DEFAULT_MAX_CONNECTIONS,
 };
 
 /// Arguments of `chunkgate serve`. Every setting is optional: a flag that is given overrides
@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// thread, like a single-worker nginx or HAProxy.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
+    /// `events`: one whole SSE event (or NDJSON line) per chunk on the routes made from
+    /// flags; `chunks` (default): chunk-exact. Routes of a file set `align` themselves.
+    #[arg(long, value_name = "MODE", value_parser = ["chunks", "events"])]
+    pub align: Option<String>,
 }
 
 /// The flags of the declared settings that were given, as typed. Each flag's syntax is
@@ -151,7 +155,24 @@ impl clap::FromArgMatches for SettingFlags {
 /// Apply the flags over `cfg` (the file's configuration, or the defaults).
 pub(super) fn apply(cfg: &mut Config, args: &ServeArgs) -> Result<(), ConfigError> {
     apply_listeners(cfg, args)?;
+    let file_routes = args.config.is_some() && !cfg.routes.is_empty();
     apply_upstreams(cfg, args)?;
+    if let Some(mode) = args.align.as_deref() {
+        if file_routes {
+            return Err(ConfigError::flag(
+                "--align",
+                "the configuration file defines the routes; set `align` on each".to_string(),
+            ));
+        }
+        let align = if mode == "events" {
+            Align::Events
+        } else {
+            Align::Chunks
+        };
+        for r in &mut cfg.routes {
+            r.stream.align = align;
+        }
+    }
     for (setting, text) in args.settings.settings() {
         let flag = setting.flag().map_or(setting.key(), Flag::name);
         setting
@@ -254,6 +275,7 @@ fn apply_upstreams(cfg: &mut Config, args: &ServeArgs) -> Result<(), ConfigError
                 rewrite_prefix: String::new(),
                 inject_headers: Vec::new(),
                 require_bearer: Vec::new(),
+                stream: StreamRouteConfig::default(),
             });
         }
     }

@@ -187,7 +187,7 @@ impl<T> Size<T> {
     pub(super) const fn at_most(max: u64) -> Self {
         Self::between(1, max)
     }
-    const fn between(min: u64, max: u64) -> Self {
+    pub(super) const fn between(min: u64, max: u64) -> Self {
         Size {
             min,
             max,

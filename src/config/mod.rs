@@ -45,7 +45,7 @@ mod url;
 pub use error::ConfigError;
 pub use flags::{ServeArgs, SettingFlags};
 pub use render::{check_config, check_config_main, reference, CheckConfigArgs, REDACTED};
-pub use settings::{BreakerConfig, LogConfig, PoolConfig, RetryConfig, Timeouts};
+pub use settings::{BreakerConfig, LogConfig, MetricsConfig, PoolConfig, RetryConfig, Timeouts};
 pub use units::{expand_env, format_duration, parse_duration, parse_size};
 pub use url::UpstreamUrl;
 
@@ -83,6 +83,8 @@ pub struct Config {
     pub breaker: BreakerConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Metrics of the admin port.
+    pub metrics: MetricsConfig,
     /// Graceful shutdown: how long in-flight exchanges may run after SIGTERM.
     pub drain_timeout: Duration,
 }
@@ -124,6 +126,53 @@ pub struct RouteConfig {
     /// If non-empty, requests must carry `Authorization: Bearer <one of these>` (401 otherwise).
     /// The inbound `Authorization` header is then not forwarded unless injected.
     pub require_bearer: Vec<String>,
+    /// How the route's answers are framed and read as LLM streams.
+    pub stream: StreamRouteConfig,
+}
+
+/// How a route forwards and reads LLM streams.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamRouteConfig {
+    /// Chunk-exact (default) or one whole event per chunk.
+    pub align: Align,
+    /// Longest event held whole when aligning.
+    pub max_event: usize,
+    /// Read each answer with the stream tap (model, usage, text, first token).
+    pub tap: bool,
+    /// Ask OpenAI chat/completions streams for usage and hide the usage-only event.
+    pub inject_include_usage: bool,
+    /// SSE comments sent before the first upstream byte of a streaming request.
+    pub keepalive: Option<Duration>,
+}
+
+impl StreamRouteConfig {
+    /// Default `max_event`: 1 MiB.
+    pub const DEFAULT_MAX_EVENT: usize = 1 << 20;
+    /// Shortest and longest keepalive interval.
+    pub const KEEPALIVE_RANGE: (Duration, Duration) =
+        (Duration::from_secs(1), Duration::from_secs(3600));
+}
+
+impl Default for StreamRouteConfig {
+    fn default() -> Self {
+        StreamRouteConfig {
+            align: Align::Chunks,
+            max_event: Self::DEFAULT_MAX_EVENT,
+            tap: true,
+            inject_include_usage: false,
+            keepalive: None,
+        }
+    }
+}
+
+/// How a route frames the answers it forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Align {
+    /// Every upstream chunk leaves as it came (chunk-exact).
+    Chunks,
+    /// `text/event-stream`: one whole SSE event per chunk; NDJSON: one line per chunk; other
+    /// types chunk-exact.
+    Events,
 }
 
 /// A named set of upstreams that share a route's traffic.
@@ -206,6 +255,7 @@ impl Config {
                 rewrite_prefix: String::new(),
                 inject_headers: Vec::new(),
                 require_bearer: Vec::new(),
+                stream: StreamRouteConfig::default(),
             }],
             groups: vec![UpstreamGroup {
                 name: "default".to_string(),
@@ -224,6 +274,7 @@ impl Config {
             retry: RetryConfig::default(),
             breaker: BreakerConfig::default(),
             log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
             // Set below, with the other settings declared outside a section struct.
             drain_timeout: Duration::ZERO,
         };

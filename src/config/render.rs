@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use super::declare::{one_line, sections, ListTable, Setting};
 use super::error::ConfigError;
 use super::settings::{LISTS, SETTINGS};
-use super::units::quote;
-use super::Config;
+use super::units::{format_duration, quote, size_toml};
+use super::{Align, Config};
 
 /// What [`Config::to_toml`] prints for a secret.
 pub const REDACTED: &str = "<redacted>";
@@ -60,6 +60,18 @@ impl Config {
             if !r.require_bearer.is_empty() {
                 let tokens: Vec<String> = r.require_bearer.iter().map(|t| secret(t)).collect();
                 let _ = writeln!(o, "require_bearer = [{}]", tokens.join(", "));
+            }
+            let st = &r.stream;
+            let align = match st.align {
+                Align::Chunks => "chunks",
+                Align::Events => "events",
+            };
+            let _ = writeln!(o, "align = {}", quote(align));
+            let _ = writeln!(o, "max_event = {}", size_toml(st.max_event as u64));
+            let _ = writeln!(o, "tap = {}", st.tap);
+            let _ = writeln!(o, "inject_include_usage = {}", st.inject_include_usage);
+            if let Some(every) = st.keepalive {
+                let _ = writeln!(o, "keepalive = {}", quote(&format_duration(every)));
             }
         }
         for g in &self.groups {

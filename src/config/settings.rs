@@ -16,7 +16,7 @@ use super::declare::{list_table, settings, ListTable};
 use super::kinds::{
     Choice, Count, Described, Filter, Fraction, Optional, Size, Statuses, Switch, Time,
 };
-use super::{LogFormat, MAX_CHUNK_SIZE_CEILING};
+use super::{Align, LogFormat, MAX_CHUNK_SIZE_CEILING};
 use crate::codec::chunked::Limits as ChunkLimits;
 use crate::codec::head::HeadLimits;
 
@@ -177,7 +177,23 @@ settings! {
         /// One access-log line per exchange, target `access`.
         access_log: bool => Switch, default true, off "--no-access-log";
     }
+
+    /// Metrics of the admin port.
+    section metrics: MetricsConfig {
+        /// Distinct `model` label values kept in the token metrics; later models are counted
+        /// under `other`.
+        max_models: usize => Count::<usize>::between(1, 1_000), default 32;
+    }
 }
+
+pub(super) const ALIGN: Choice<Align> = Choice::new(
+    "alignment",
+    &[("chunks", Align::Chunks), ("events", Align::Events)],
+);
+
+/// `route.max_event`: one event is held whole up to this (16 MiB at most: it is memory per
+/// stream).
+pub(super) const MAX_EVENT: Size<usize> = Size::between(1 << 10, 16 << 20);
 
 const LOG_FORMAT: Choice<LogFormat> = Choice::new(
     "log format",
@@ -248,6 +264,20 @@ list_table! {
         /// Accepted inbound bearer tokens; 401 otherwise, and the client's Authorization is
         /// not forwarded.
         require_bearer: Described::new("list of strings", "not empty"), default "absent";
+        /// `events`: `text/event-stream` answers leave one whole SSE event per chunk, NDJSON
+        /// one line per chunk, whatever the upstream's chunks; `chunks`: chunk-exact.
+        align: ALIGN, default "`\"chunks\"`", flag "--align";
+        /// Longest event held whole by `align = "events"`; a longer one leaves in pieces.
+        max_event: MAX_EVENT, default "`\"1MiB\"`";
+        /// Read each answer (dialect, model, text, usage, first token) for metrics, the access
+        /// log and capture; never delays a byte.
+        tap: Switch, default "`true`";
+        /// Ask OpenAI chat/completions streams for usage (`stream_options.include_usage`) and
+        /// hide the usage-only event the client did not ask for.
+        inject_include_usage: Switch, default "`false`";
+        /// Streaming requests: after this long without an upstream answer, commit `200` and send
+        /// `: keepalive` comments at this interval until the first event.
+        keepalive: Described::new("duration", "1s to 1h"), default "off";
     }
 }
 

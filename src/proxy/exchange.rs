@@ -25,7 +25,7 @@ use crate::codec::framing::{self, BodyFraming, RequestMeta};
 use crate::codec::head::{RequestHead, Version};
 use crate::codec::path::{normalize_target, NormalTarget, PathOptions};
 use crate::logging::{ExchangeRecord, Lossy, Outcome};
-use crate::metrics::{Direction, Metrics};
+use crate::metrics::Direction;
 use crate::proxy::attempt::{
     self, breaker_failure, sleep_until_opt, AttemptCtx, AttemptScratch, Committed, Upload,
     UploadSlot,
@@ -37,8 +37,9 @@ use crate::proxy::conn::{
 use crate::proxy::error::ExchangeError;
 use crate::proxy::headers;
 use crate::proxy::io::{MinRate, ReadIdle, ReadSize};
-use crate::proxy::pump::{Flow, Pump, PumpError};
+use crate::proxy::pump::{Pump, PumpError};
 use crate::proxy::replay::Replay;
+use crate::proxy::response::{ResponseFlow, ResponsePlan};
 use crate::proxy::route::{self, Route};
 use crate::proxy::Shared;
 use crate::upstream::balance::{Group, Upstream};
@@ -67,6 +68,10 @@ struct Exchange<'c, S> {
     request_id: Bytes,
     /// The response head went to the client: a failure now cuts the stream.
     committed: bool,
+    /// The matched route's place in the proxy's list.
+    route: Option<usize>,
+    /// Time from the answer's first token to its end, when the tap saw one.
+    streamed: Option<Duration>,
 }
 
 /// An admitted request: how its body is delimited and where it goes.
@@ -118,6 +123,8 @@ where
         started: Instant::now(),
         request_id,
         committed: false,
+        route: None,
+        streamed: None,
     };
     let mut upload = UploadSlot::Idle(Box::new(Upload::new(
         client,
@@ -140,6 +147,7 @@ where
     ) -> Result<bool, ExchangeError> {
         let shared = Arc::clone(&self.shared);
         let mut admitted = admit(&shared, &head, &self.conn.info, &mut self.rec, upload)?;
+        self.route = Some(admitted.route.index);
         if let BodyFraming::Length(n) = admitted.meta.framing {
             // A small Content-Length body has no chunk boundaries to keep: read it whole
             // before any upstream connection is taken, so a slow client holds none.
@@ -194,6 +202,9 @@ where
             version,
             keep_alive: client_keep_alive,
             takes_trailers: client_takes_trailers,
+            route: admitted.route,
+            path: admitted.target.path(),
+            hide_usage: false,
         };
         self.stream(committed, upload, client, total_deadline).await
     }
@@ -288,7 +299,7 @@ where
         &mut self,
         committed: Box<Committed>,
         upload: &mut UploadSlot<S>,
-        client: ClientSide,
+        client: ClientSide<'_>,
         total_deadline: Option<Instant>,
     ) -> Result<bool, ExchangeError> {
         let shared = Arc::clone(&self.shared);
@@ -314,6 +325,22 @@ where
         });
         if coding.is_some() {
             client_framing = BodyFraming::Close;
+        }
+        let plan = ResponsePlan::new(
+            client.route,
+            client.path,
+            &resp_head,
+            &resp_meta.framing,
+            coding.is_some(),
+            client.hide_usage,
+        );
+        if plan.stage.is_some() && matches!(client_framing, BodyFraming::Length(_)) {
+            // Aligned events leave as chunks of their own, whatever the upstream's framing.
+            client_framing = if client.version == Version::Http10 {
+                BodyFraming::Close
+            } else {
+                BodyFraming::Chunked
+            };
         }
         let keep_alive = client.keep_alive
             && !shared.draining.is_cancelled()
@@ -363,9 +390,13 @@ where
         writer.set_pending(head_out);
         let mut flow = ResponseFlow {
             metrics: &shared.metrics,
+            llm: &client.route.llm,
             started: self.started,
             last: None,
             ttfc: None,
+            stage: plan.stage,
+            tap: plan.tap,
+            hide_usage: client.hide_usage,
         };
         let end = {
             let resp = Pump {
@@ -395,6 +426,20 @@ where
         self.rec.chunks_out = writer.chunks;
         self.rec.ttfc = flow.ttfc;
         self.rec.reassembled += reader.reassembled();
+        if let Some(stage) = &flow.stage {
+            client.route.llm.aligned(&stage.counts());
+        }
+        if let Some(mut tap) = flow.tap.take() {
+            if end.is_ok() {
+                tap.end();
+            }
+            let summary = tap.summary();
+            if let Some(at) = summary.first_token_at {
+                self.rec.ttft = Some(at.saturating_duration_since(self.started));
+                self.streamed = Some(at.elapsed());
+            }
+            self.rec.llm = Some(Box::new(summary));
+        }
         if let Err(e) = end {
             if let ExchangeError::UpstreamBroke(_) = e {
                 breaker_failure(&shared, &upstream);
@@ -487,6 +532,10 @@ where
         };
         self.rec.duration = self.started.elapsed();
         self.conn.counters.count(&self.shared.metrics, &self.rec);
+        if let (Some(summary), Some(i)) = (&self.rec.llm, self.route) {
+            let route = &self.shared.routes[i].llm;
+            metrics.answer_read(route, summary, self.rec.ttft, self.streamed);
+        }
         if self.shared.config.log.access_log {
             crate::logging::access_log(&self.rec);
         }
@@ -519,11 +568,16 @@ fn client_framing(
     }
 }
 
-/// What the streaming phase needs to know of the client.
-struct ClientSide {
+/// What the streaming phase needs to know of the client and its request.
+struct ClientSide<'r> {
     version: Version,
     keep_alive: bool,
     takes_trailers: bool,
+    route: &'r Route,
+    /// The normalised path, without the query.
+    path: &'r [u8],
+    /// `include_usage` was added to the request: hide the usage-only event.
+    hide_usage: bool,
 }
 
 /// Framing, route, authorization and body limits: what is refused before any upstream work.
@@ -706,26 +760,6 @@ async fn client_event<S: AsyncRead + Send + 'static>(
             ClientEnd::Eof | ClientEnd::Gone => ClientEvent::Closed,
         },
         None => std::future::pending().await,
-    }
-}
-
-/// The response direction's flow: chunk-exact (the identity stage), timing what it forwards.
-struct ResponseFlow<'a> {
-    metrics: &'a Metrics,
-    started: Instant,
-    last: Option<Instant>,
-    /// Time to the first forwarded piece.
-    ttfc: Option<Duration>,
-}
-
-impl Flow for ResponseFlow<'_> {
-    fn written(&mut self, _units: &[Bytes]) {
-        let now = Instant::now();
-        match self.last {
-            None => self.ttfc = Some(now - self.started),
-            Some(prev) => self.metrics.inter_chunk_gap(now - prev),
-        }
-        self.last = Some(now);
     }
 }
 

@@ -42,6 +42,7 @@ pub mod headers;
 mod io;
 mod pump;
 mod replay;
+mod response;
 pub mod route;
 mod server;
 

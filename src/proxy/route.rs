@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use crate::codec::path::{check_prefix, NormalTarget, PathError};
-use crate::config::RouteConfig;
+use crate::config::{RouteConfig, StreamRouteConfig};
+use crate::metrics::RouteLlmMetrics;
 
 /// A route ready for matching.
 #[derive(Debug)]
@@ -20,6 +21,10 @@ pub struct Route {
     pub rewrite_prefix: String,
     pub inject: Vec<(String, String)>,
     pub require_bearer: Vec<String>,
+    /// How answers are framed and read as LLM streams.
+    pub stream: StreamRouteConfig,
+    /// The route's LLM-stream series (detached until the proxy registers them).
+    pub llm: RouteLlmMetrics,
 }
 
 impl Route {
@@ -47,6 +52,8 @@ impl Route {
             rewrite_prefix: cfg.rewrite_prefix.clone(),
             inject: cfg.inject_headers.clone(),
             require_bearer: cfg.require_bearer.clone(),
+            stream: cfg.stream.clone(),
+            llm: RouteLlmMetrics::default(),
         })
     }
 
@@ -147,6 +154,7 @@ mod tests {
                 rewrite_prefix: rewrite.into(),
                 inject_headers: vec![],
                 require_bearer: vec![],
+                stream: Default::default(),
             },
             0,
             0,
@@ -226,6 +234,7 @@ mod tests {
                 rewrite_prefix: rewrite.into(),
                 inject_headers: vec![],
                 require_bearer: vec![],
+                stream: Default::default(),
             };
             assert!(Route::new(&cfg, 0, 0).is_err(), "{prefix} {rewrite}");
         }

@@ -78,8 +78,11 @@ impl Proxy {
                         r.prefix, r.group
                     ))
                 })?;
-            routes.push(Route::new(r, routes.len(), idx).map_err(invalid)?);
+            let mut route = Route::new(r, routes.len(), idx).map_err(invalid)?;
+            route.llm = metrics.route_llm(&route.name);
+            routes.push(route);
         }
+        metrics.set_max_models(config.metrics.max_models);
         let mut listeners = Vec::new();
         for l in &config.listeners {
             let tcp = TcpListener::bind(l.addr).await?;

@@ -15,6 +15,7 @@ mod demo;
 mod deploy;
 mod fuzz_exchange_seeds;
 mod harness;
+mod llm_streams;
 mod loadgen;
 mod mock_upstream;
 mod proxy_errors;

@@ -173,6 +173,10 @@ fn access_lines_reach_stdout_whole_by_exit() {
         assert_eq!(line["path"], "/v1/chat/completions");
         assert_eq!(line["status"], 200);
         assert_eq!(line["outcome"], "complete");
+        // The stream tap read the mock's answer.
+        assert_eq!(line["model"], "mock", "{line}");
+        assert_eq!(line["finish_reason"], "stop", "{line}");
+        assert!(line["ttft_ms"].as_f64().is_some(), "{line}");
         assert!(line["duration_ms"].as_f64().is_some(), "{line}");
         assert!(line["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
     }
