@@ -4,7 +4,8 @@
 #
 #   cargo build --release && benches/instructions.sh [BINARY]
 #
-# KEEP=1 keeps the callgrind files (for callgrind_annotate).
+# KEEP=1 keeps the callgrind files (for callgrind_annotate). SERVE_ARGS adds arguments to
+# `serve` (for example SERVE_ARGS=--no-access-log, to see what the access log costs).
 #
 # The proxy runs under callgrind with `serve --workers 1` at default settings; the counters are
 # zeroed after a warm-up, then the measured load runs: 20 streams x 200 tokens (5 ms apart) for the
@@ -27,7 +28,7 @@ trap cleanup EXIT
 pids+=($!)
 valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" \
   "$bin" serve --workers 1 --listen 127.0.0.1:$px_port --upstream http://127.0.0.1:$up_port \
-  >"$work/proxy.log" 2>&1 &
+  ${SERVE_ARGS:-} >"$work/proxy.log" 2>&1 &
 vg=$!
 pids+=($vg)
 for _ in $(seq 100); do

@@ -5,28 +5,52 @@
 //! stalls a connection task: when the writer falls more than
 //! [`LOG_BUFFER_LINES`] lines behind, lines are dropped rather than waited for.
 //!
-//! [`access_log`] writes one event per exchange with target `access`. It carries ids, sizes,
-//! timings and the outcome, never a body, a credential header or an injected header value:
-//! the record has no field that could hold them.
+//! [`access_log`] writes one line per exchange with target `access`. It carries ids, sizes,
+//! timings, the outcome and what the stream tap read (model, token counts, finish reason),
+//! never a body, a credential header or an injected header value: the record has no field
+//! that could hold them. Once [`init`] has run, the line is formatted by hand ([`line`]) and
+//! queued to its own bounded writer ([`sink`]): the same text the `tracing` formatter would
+//! write, at a fraction of the cost. Without [`init`] (a library user with its own
+//! subscriber), it is a `tracing` event.
 
 use std::fmt;
 use std::io::IsTerminal;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
 
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
 use crate::stream::tap::Summary;
 
+pub mod line;
+pub mod sink;
+
+pub use sink::ACCESS_BUFFER_BYTES;
+
 /// Lines the non-blocking log writer buffers before it starts dropping.
 pub const LOG_BUFFER_LINES: usize = 128 * 1024;
 
-/// Keeps the background log writer alive; dropping it flushes what is buffered.
+/// Where access-log lines go once [`init`] has run.
+static ACCESS: OnceLock<sink::Sink> = OnceLock::new();
+
+/// Access-log lines dropped because the writer was too far behind.
+static ACCESS_DROPPED: LazyLock<Counter> = LazyLock::new(Counter::default);
+
+/// The counter of access-log lines dropped because the writer was too far behind
+/// (exported as `chunkgate_log_dropped_total`).
+pub fn dropped_lines() -> &'static Counter {
+    &ACCESS_DROPPED
+}
+
+/// Keeps the background log writers alive; dropping it flushes what is buffered.
 #[must_use = "dropping the guard stops the log writer"]
 pub struct LogGuard {
+    // Dropped first: the access lines are written before the other log lines are flushed.
+    _access: Option<sink::Worker>,
     _worker: Option<tracing_appender::non_blocking::WorkerGuard>,
 }
 
@@ -80,9 +104,46 @@ pub fn init(cfg: &LogConfig) -> LogGuard {
             .with_ansi(std::io::stdout().is_terminal())
             .try_init(),
     };
-    LogGuard {
-        _worker: installed.is_ok().then_some(guard),
+    if installed.is_err() {
+        return LogGuard {
+            _access: None,
+            _worker: None,
+        };
     }
+    // The filter decides once whether access lines are written (`access=off`, a `RUST_LOG`
+    // above INFO); from then on they bypass `tracing`.
+    let access = if tracing::enabled!(target: "access", tracing::Level::INFO) {
+        start_access(cfg)
+    } else {
+        None
+    };
+    LogGuard {
+        _access: access,
+        _worker: Some(guard),
+    }
+}
+
+/// Start the access-log writer on standard output and route [`access_log`] to it.
+fn start_access(cfg: &LogConfig) -> Option<sink::Worker> {
+    let layout = match cfg.format {
+        LogFormat::Json => line::Layout::Json,
+        LogFormat::Pretty => line::Layout::Text {
+            ansi: std::io::stdout().is_terminal(),
+        },
+    };
+    let (sink, worker) = match sink::Sink::start(
+        layout,
+        Box::new(std::io::stdout()),
+        ACCESS_BUFFER_BYTES,
+        ACCESS_DROPPED.clone(),
+    ) {
+        Ok(started) => started,
+        Err(e) => {
+            tracing::warn!("access log through tracing: cannot start its writer: {e}");
+            return None;
+        }
+    };
+    ACCESS.set(sink).ok().map(|()| worker)
 }
 
 /// How an exchange ended.
@@ -219,12 +280,25 @@ fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
-/// Write the access-log event for one exchange: target `access`, level INFO, message
+/// Write the access-log line for one exchange: target `access`, level INFO, message
 /// `exchange`, fields `request_id method path route upstream status bytes_in bytes_out
-/// chunks_in chunks_out reassembled ttfb_ms ttfc_ms duration_ms retries outcome`
-/// (`ttfb_ms`/`ttfc_ms` absent when there was none). A query string left in `path` is cut off.
+/// chunks_in chunks_out reassembled ttfb_ms ttfc_ms duration_ms retries outcome model
+/// input_tokens output_tokens ttft_ms finish_reason` (those without a value left out:
+/// `ttfb_ms`/`ttfc_ms` when there was none, the last five when the stream tap did not see
+/// them). A query string left in `path` is cut off. After [`init`], the line goes to the
+/// access writer (never waiting: dropped and counted when it is full); before, it is a
+/// `tracing` event.
 pub fn access_log(rec: &ExchangeRecord) {
+    match ACCESS.get() {
+        Some(sink) => sink.log(rec),
+        None => access_event(rec),
+    }
+}
+
+/// The access line as a `tracing` event.
+fn access_event(rec: &ExchangeRecord) {
     let end = path_end(&rec.path);
+    let llm = rec.llm.as_deref();
     tracing::info!(
         target: "access",
         request_id = %Lossy(&rec.request_id),
@@ -243,6 +317,15 @@ pub fn access_log(rec: &ExchangeRecord) {
         duration_ms = millis(rec.duration),
         retries = rec.retries,
         outcome = %rec.outcome,
+        model = llm
+            .and_then(|l| l.model.as_deref())
+            .map(|m| tracing::field::display(Lossy(m.as_bytes()))),
+        input_tokens = llm.and_then(|l| l.usage.input),
+        output_tokens = llm.and_then(|l| l.usage.output),
+        ttft_ms = rec.ttft.map(millis),
+        finish_reason = llm
+            .and_then(|l| l.finish_reason.as_deref())
+            .map(|r| tracing::field::display(Lossy(r.as_bytes()))),
         "exchange"
     );
 }

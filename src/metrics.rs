@@ -388,6 +388,11 @@ impl Metrics {
         );
         let timeouts = Family::<KindLabel, Counter>::default();
         r.register("timeouts", "Timeouts that fired, by kind", timeouts.clone());
+        r.register(
+            "log_dropped",
+            "Access-log lines dropped because the log writer was too far behind",
+            crate::logging::dropped_lines().clone(),
+        );
         let llm = LlmMetrics::register(r);
         let reloads = Family::<ResultLabel, Counter>::default();
         r.register(

@@ -10,8 +10,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use chunkgate::admin::{self, AdminState};
 use chunkgate::harness::peer::Peer;
+use chunkgate::logging::line::{self, Layout};
 use chunkgate::logging::{access_log, ExchangeRecord, Outcome};
 use chunkgate::metrics::{Direction, Metrics};
+use chunkgate::stream::dialect::Usage;
+use chunkgate::stream::tap::Summary;
 use prometheus_parse::{Scrape, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -548,4 +551,124 @@ fn access_log_pretty_omits_absent_timings() {
     assert!(text.contains("status=502"), "{text}");
     assert!(text.contains("outcome=upstream_error"), "{text}");
     assert!(!text.contains("ttfb_ms"), "{text}");
+}
+
+/// A record whose answer the stream tap read: model, token counts, finish reason, first token.
+fn record_with_answer() -> ExchangeRecord {
+    let mut rec = record(200, Outcome::Complete);
+    rec.ttft = Some(Duration::from_micros(61_250));
+    rec.llm = Some(Box::new(Summary {
+        dialect: None,
+        model: Some("gpt-4o-mini".into()),
+        text: "hello".into(),
+        truncated: false,
+        finish_reason: Some("stop".into()),
+        usage: Usage {
+            input: Some(12),
+            output: Some(345),
+            ..Usage::default()
+        },
+        first_token_at: None,
+        error: None,
+        events: 7,
+        complete: true,
+        skipped: 0,
+        invalid: 0,
+    }));
+    rec
+}
+
+/// What the `tracing` formatter writes for the access event of `rec`, and the line the
+/// access writer writes for it, each with its timestamp cut out.
+fn both_lines(rec: &ExchangeRecord, layout: Layout) -> (String, String) {
+    let out = Capture::default();
+    let writer = out.clone();
+    match layout {
+        Layout::Json => {
+            let subscriber = tracing_subscriber::fmt()
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false)
+                .with_writer(move || writer.clone())
+                .finish();
+            tracing::subscriber::with_default(subscriber, || access_log(rec));
+        }
+        Layout::Text { ansi } => {
+            let subscriber = tracing_subscriber::fmt()
+                .with_ansi(ansi)
+                .with_writer(move || writer.clone())
+                .finish();
+            tracing::subscriber::with_default(subscriber, || access_log(rec));
+        }
+    }
+    let mut ours = Vec::new();
+    line::write(&mut ours, rec, std::time::SystemTime::now(), layout);
+    let ours = String::from_utf8(ours).unwrap();
+    // Both start with the timestamp, ending in `Z` (dimmed in colour: then the code follows).
+    let cut = |s: &str| {
+        let at = s.find("Z").expect("a timestamp");
+        let start = s.find("20").expect("a year");
+        format!("{}{}", &s[..start], &s[at + 1..])
+    };
+    (cut(&out.text()), cut(&ours))
+}
+
+#[test]
+fn access_line_is_the_tracing_line_in_every_layout() {
+    let mut plain = record(502, Outcome::Rejected("upstream_connection_limit"));
+    plain.ttfb = None;
+    plain.ttfc = None;
+    let mut odd = record(200, Outcome::Timeout("client_write_stall"));
+    odd.request_id = Bytes::from_static(b"r\"q\\1\xff");
+    odd.path = Bytes::from_static("/v1/안녕?key=sk-secret".as_bytes());
+    for rec in [record_with_answer(), plain, odd] {
+        for layout in [
+            Layout::Json,
+            Layout::Text { ansi: false },
+            Layout::Text { ansi: true },
+        ] {
+            let (tracing_line, ours) = both_lines(&rec, layout);
+            assert_eq!(ours, tracing_line, "{layout:?}");
+            assert_eq!(ours.matches('\n').count(), 1);
+            assert!(!ours.contains("sk-secret"));
+        }
+    }
+}
+
+#[test]
+fn access_line_carries_what_the_tap_read() {
+    let rec = record_with_answer();
+    let mut json = Vec::new();
+    line::write(&mut json, &rec, std::time::SystemTime::now(), Layout::Json);
+    let line: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(line["model"], "gpt-4o-mini");
+    assert_eq!(line["input_tokens"], 12);
+    assert_eq!(line["output_tokens"], 345);
+    assert_eq!(line["ttft_ms"], 61.25);
+    assert_eq!(line["finish_reason"], "stop");
+    assert_eq!(line["outcome"], "complete");
+    let ts = line["timestamp"].as_str().unwrap();
+    assert_eq!((ts.len(), &ts[10..11], &ts[26..]), (27, "T", "Z"), "{ts}");
+
+    let mut text = Vec::new();
+    let plain = record(200, Outcome::Complete);
+    line::write(
+        &mut text,
+        &plain,
+        std::time::SystemTime::now(),
+        Layout::Text { ansi: false },
+    );
+    let text = String::from_utf8(text).unwrap();
+    assert!(text.contains("  INFO access: exchange request_id=req-0001 method=POST "));
+    assert!(text.ends_with(" retries=1 outcome=complete\n"), "{text}");
+    for absent in [
+        "model",
+        "input_tokens",
+        "output_tokens",
+        "ttft_ms",
+        "finish_reason",
+    ] {
+        assert!(!text.contains(absent), "{absent} left out: {text}");
+    }
 }

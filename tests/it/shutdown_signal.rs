@@ -117,3 +117,67 @@ fn sigterm_drains_100_streams_and_exits_zero() {
     };
     assert!(code.success(), "exit status {code:?}");
 }
+
+#[test]
+fn access_lines_reach_stdout_whole_by_exit() {
+    let up = free_port();
+    let listen = free_port();
+    let _mock = Proc(
+        Command::new(BIN)
+            .args(["mock-upstream", "--listen", &up.to_string()])
+            .args(["--tokens", "3", "--gap-ms", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn mock"),
+    );
+    wait_listening(up);
+    let mut proxy = Proc(
+        Command::new(BIN)
+            .args(["serve", "--listen", &listen.to_string()])
+            .args(["--upstream", &format!("http://{up}")])
+            .args(["--log-format", "json"])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn proxy"),
+    );
+    wait_listening(listen);
+    for _ in 0..20 {
+        let out = stream_once(listen);
+        assert!(out.ends_with(b"\r\n0\r\n\r\n"));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &proxy.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let mut stdout = String::new();
+    proxy
+        .0
+        .stdout
+        .take()
+        .expect("piped")
+        .read_to_string(&mut stdout)
+        .expect("read stdout");
+    let access: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("one JSON object a line"))
+        .filter(|v| v["target"] == "access")
+        .collect();
+    assert_eq!(access.len(), 20, "{stdout}");
+    for line in &access {
+        assert_eq!(line["level"], "INFO");
+        assert_eq!(line["message"], "exchange");
+        assert_eq!(line["path"], "/v1/chat/completions");
+        assert_eq!(line["status"], 200);
+        assert_eq!(line["outcome"], "complete");
+        // The stream tap read the mock's answer.
+        assert_eq!(line["model"], "mock", "{line}");
+        assert_eq!(line["finish_reason"], "stop", "{line}");
+        assert!(line["ttft_ms"].as_f64().is_some(), "{line}");
+        assert!(line["duration_ms"].as_f64().is_some(), "{line}");
+        assert!(line["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+    }
+}
