@@ -60,6 +60,14 @@ impl Proxy {
                     u.url, u.url.path_prefix
                 ))
             })?;
+            if let Some(rewrite) = &u.rewrite_prefix {
+                crate::codec::path::check_prefix(rewrite.as_bytes()).map_err(|e| {
+                    invalid(format!(
+                        "upstream {}: rewrite_prefix {rewrite:?} is not a normal path: {e}",
+                        u.url
+                    ))
+                })?;
+            }
         }
         for g in &config.groups {
             groups.push(Arc::new(

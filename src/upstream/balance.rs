@@ -156,12 +156,18 @@ impl Group {
         let upstreams = cfg
             .upstreams
             .iter()
-            .map(|u| {
-                Upstream::new(u, timeouts, pool, breaker)
-                    .map(Arc::new)
-                    .map_err(|e| format!("upstream group {:?}: {e}", cfg.name))
+            .enumerate()
+            .map(|(i, u)| {
+                let mut up = Upstream::new(u, timeouts, pool, breaker)
+                    .map_err(|e| format!("upstream group {:?}: {e}", cfg.name))?;
+                // The same URL twice (one account each, told apart by their injected
+                // headers): the second is named `url#2` in logs and metrics.
+                if cfg.upstreams[..i].iter().any(|o| o.url == u.url) {
+                    up.name = Arc::from(format!("{}#{}", up.name, i + 1));
+                }
+                Ok(Arc::new(up))
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, String>>()?;
         Ok(Group {
             name: cfg.name.clone(),
             upstreams,
@@ -256,6 +262,9 @@ mod tests {
                         .expect("url"),
                     weight,
                     ca_file: None,
+                    inject_headers: Vec::new(),
+                    strip_prefix: None,
+                    rewrite_prefix: None,
                 })
                 .collect(),
         };
