@@ -483,11 +483,7 @@ fn groups(ctx: &Ctx<'_>, node: &S<Node>, cfg: &mut Config) -> Result<(), ConfigE
             let url_node = u.required(ctx, "url")?;
             let raw = ctx.text(url_node, &url_key)?;
             let url = UpstreamUrl::parse(raw.trim()).map_err(|m| ctx.err(url_node, &url_key, m))?;
-            if upstreams.iter().any(|o| o.url == url) {
-                let message =
-                    format!("{url} is listed twice in group `{name}` (use weight instead)");
-                return Err(ctx.err(url_node, &url_key, message));
-            }
+
             let weight = u.read(ctx, &WEIGHT, "weight")?.unwrap_or(1);
             let ca_file = match u.get("ca_file") {
                 Some(ca) if !url.tls => {
@@ -497,10 +493,43 @@ fn groups(ctx: &Ctx<'_>, node: &S<Node>, cfg: &mut Config) -> Result<(), ConfigE
                 Some(ca) => Some(ctx.path(ca, &u.key("ca_file"))?),
                 None => None,
             };
+            let inject_headers = match u.get("inject_headers") {
+                Some(headers) => inject_headers(ctx, headers, &u.key("inject_headers"))?,
+                None => Vec::new(),
+            };
+            let rewrite_prefix = match u.get("rewrite_prefix") {
+                Some(v) => Some(rewrite_prefix(ctx, v, &u.key("rewrite_prefix"))?),
+                None => None,
+            };
+            let strip_prefix = match u.get("strip_prefix") {
+                Some(v) => {
+                    let key = u.key("strip_prefix");
+                    let strip = Switch.read(ctx, v, &key)?;
+                    if !strip && rewrite_prefix.as_deref().is_some_and(|r| !r.is_empty()) {
+                        let message = "rewrite_prefix replaces the stripped prefix, so strip_prefix cannot be false";
+                        return Err(ctx.err(v, &key, message));
+                    }
+                    Some(strip)
+                }
+                None => None,
+            };
+            // The same URL twice only with other credentials (another account).
+            if upstreams
+                .iter()
+                .any(|o| o.url == url && o.inject_headers == inject_headers)
+            {
+                let message = format!(
+                    "{url} is listed twice in group `{name}` with the same inject_headers (use weight instead)"
+                );
+                return Err(ctx.err(url_node, &url_key, message));
+            }
             upstreams.push(UpstreamConfig {
                 url,
                 weight,
                 ca_file,
+                inject_headers,
+                strip_prefix,
+                rewrite_prefix,
             });
         }
         cfg.groups.push(UpstreamGroup { name, upstreams });
@@ -538,6 +567,63 @@ fn bad_in_path(b: u8) -> bool {
     b <= b' ' || b == 0x7f || b == b'?' || b == b'#'
 }
 
+/// A `rewrite_prefix` value: empty, or starting with `/` and not ending with `/`.
+fn rewrite_prefix(ctx: &Ctx<'_>, v: &S<Node>, key: &str) -> Result<String, ConfigError> {
+    let s = ctx.text(v, key)?;
+    if !s.is_empty() && (!s.starts_with('/') || s.ends_with('/')) {
+        let message = format!("{s:?} must be empty, or start with '/' and not end with '/'");
+        return Err(ctx.err(v, key, message));
+    }
+    if s.bytes().any(bad_in_path) {
+        let message = format!("{s:?} may not hold spaces, control characters, '?' or '#'");
+        return Err(ctx.err(v, key, message));
+    }
+    Ok(s)
+}
+
+/// An `inject_headers` table (of a route or an upstream): valid field names, none that
+/// chunkgate sets itself, none twice, values without control characters. Errors never show a
+/// value: it is usually a secret.
+fn inject_headers(
+    ctx: &Ctx<'_>,
+    headers: &S<Node>,
+    table_key: &str,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut inject_headers: Vec<(String, String)> = Vec::new();
+    for (name, value) in ctx.table(headers, table_key)? {
+        let key = format!("{table_key}.{name}");
+        if name.is_empty() || !name.bytes().all(is_tchar) {
+            let message = format!("{name:?} is not a valid header name");
+            return Err(ctx.err(value, &key, message));
+        }
+        if name.contains('_') {
+            // chunkgate refuses `_` in field names it receives (some servers read it
+            // as `-`), so an injected one would never be sent: say so at load time.
+            let message = format!("{name:?}: header names with `_` are not sent");
+            return Err(ctx.err(value, &key, message));
+        }
+        if NOT_INJECTABLE.contains(&name.to_ascii_lowercase().as_str()) {
+            let message = format!("`{name}` is set by chunkgate itself and cannot be injected");
+            return Err(ctx.err(value, &key, message));
+        }
+        if inject_headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            let message = format!("header `{name}` is injected twice");
+            return Err(ctx.err(value, &key, message));
+        }
+        let v = ctx.text(value, &key)?;
+        if v.bytes().any(|b| (b < b' ' && b != b'\t') || b == 0x7f) {
+            // The value itself is never shown: it is usually a secret.
+            let message = "value holds a control character (CR, LF, NUL ...)";
+            return Err(ctx.err(value, &key, message));
+        }
+        inject_headers.push((name.clone(), v.trim_matches([' ', '\t']).to_string()));
+    }
+    Ok(inject_headers)
+}
+
 fn routes(ctx: &Ctx<'_>, node: &S<Node>, cfg: &mut Config) -> Result<(), ConfigError> {
     for (i, item) in ctx.array(node, "route")?.iter().enumerate() {
         let f = ctx.fields(item, format!("route[{i}]"), &ROUTE)?;
@@ -573,21 +659,7 @@ fn routes(ctx: &Ctx<'_>, node: &S<Node>, cfg: &mut Config) -> Result<(), ConfigE
         }
 
         let rewrite_prefix = match f.get("rewrite_prefix") {
-            Some(v) => {
-                let key = f.key("rewrite_prefix");
-                let s = ctx.text(v, &key)?;
-                if !s.is_empty() && (!s.starts_with('/') || s.ends_with('/')) {
-                    let message =
-                        format!("{s:?} must be empty, or start with '/' and not end with '/'");
-                    return Err(ctx.err(v, &key, message));
-                }
-                if s.bytes().any(bad_in_path) {
-                    let message =
-                        format!("{s:?} may not hold spaces, control characters, '?' or '#'");
-                    return Err(ctx.err(v, &key, message));
-                }
-                s
-            }
+            Some(v) => rewrite_prefix(ctx, v, &f.key("rewrite_prefix"))?,
             None => String::new(),
         };
         let strip_prefix = match f.get("strip_prefix") {
@@ -602,42 +674,31 @@ fn routes(ctx: &Ctx<'_>, node: &S<Node>, cfg: &mut Config) -> Result<(), ConfigE
             }
             None => prefix != "/",
         };
-
-        let mut inject_headers: Vec<(String, String)> = Vec::new();
-        if let Some(headers) = f.get("inject_headers") {
-            for (name, value) in ctx.table(headers, &f.key("inject_headers"))? {
-                let key = format!("route[{i}].inject_headers.{name}");
-                if name.is_empty() || !name.bytes().all(is_tchar) {
-                    let message = format!("{name:?} is not a valid header name");
-                    return Err(ctx.err(value, &key, message));
-                }
-                if name.contains('_') {
-                    // chunkgate refuses `_` in field names it receives (some servers read it
-                    // as `-`), so an injected one would never be sent: say so at load time.
-                    let message = format!("{name:?}: header names with `_` are not sent");
-                    return Err(ctx.err(value, &key, message));
-                }
-                if NOT_INJECTABLE.contains(&name.to_ascii_lowercase().as_str()) {
-                    let message =
-                        format!("`{name}` is set by chunkgate itself and cannot be injected");
-                    return Err(ctx.err(value, &key, message));
-                }
-                if inject_headers
-                    .iter()
-                    .any(|(n, _)| n.eq_ignore_ascii_case(name))
-                {
-                    let message = format!("header `{name}` is injected twice");
-                    return Err(ctx.err(value, &key, message));
-                }
-                let v = ctx.text(value, &key)?;
-                if v.bytes().any(|b| (b < b' ' && b != b'\t') || b == 0x7f) {
-                    // The value itself is never shown: it is usually a secret.
-                    let message = "value holds a control character (CR, LF, NUL ...)";
-                    return Err(ctx.err(value, &key, message));
-                }
-                inject_headers.push((name.clone(), v.trim_matches([' ', '\t']).to_string()));
-            }
+        // An upstream's rewrite_prefix replaces the stripped prefix too: with the route not
+        // stripping, that upstream must turn stripping on itself.
+        let members = cfg.groups.iter().filter(|g| g.name == group);
+        if let Some(u) = members.flat_map(|g| &g.upstreams).find(|u| {
+            !strip_prefix
+                && u.strip_prefix.is_none()
+                && u.rewrite_prefix.as_deref().is_some_and(|r| !r.is_empty())
+        }) {
+            let message = format!(
+                "group `{group}` upstream {} sets rewrite_prefix, which needs strip_prefix: set strip_prefix = true on the route or that upstream",
+                u.url
+            );
+            let node = f.get("strip_prefix").unwrap_or(group_node);
+            let key = if f.get("strip_prefix").is_some() {
+                f.key("strip_prefix")
+            } else {
+                group_key.clone()
+            };
+            return Err(ctx.err(node, &key, message));
         }
+
+        let inject_headers = match f.get("inject_headers") {
+            Some(headers) => inject_headers(ctx, headers, &f.key("inject_headers"))?,
+            None => Vec::new(),
+        };
 
         let mut require_bearer = Vec::new();
         if let Some(list) = f.get("require_bearer") {

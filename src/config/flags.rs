@@ -250,6 +250,9 @@ fn apply_upstreams(cfg: &mut Config, args: &ServeArgs) -> Result<(), ConfigError
                 url,
                 weight: 1,
                 ca_file: None,
+                inject_headers: Vec::new(),
+                strip_prefix: None,
+                rewrite_prefix: None,
             });
         }
         match cfg.groups.len() {

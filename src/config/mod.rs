@@ -193,6 +193,28 @@ pub struct UpstreamConfig {
     pub weight: u32,
     /// Extra CA certificates (PEM) to trust, besides the webpki roots.
     pub ca_file: Option<PathBuf>,
+    /// Headers set on requests sent to this upstream, on top of the route's: one of the same
+    /// name replaces the route's (values may hold secrets; never logged).
+    pub inject_headers: Vec<(String, String)>,
+    /// Replaces the route's `strip_prefix` for this upstream, when set.
+    pub strip_prefix: Option<bool>,
+    /// Replaces the route's `rewrite_prefix` for this upstream, when set.
+    pub rewrite_prefix: Option<String>,
+}
+
+impl UpstreamConfig {
+    /// An upstream at `url` with weight 1 and nothing of its own (no CA file, no injected
+    /// headers, the route's path rewriting).
+    pub fn new(url: UpstreamUrl) -> UpstreamConfig {
+        UpstreamConfig {
+            url,
+            weight: 1,
+            ca_file: None,
+            inject_headers: Vec::new(),
+            strip_prefix: None,
+            rewrite_prefix: None,
+        }
+    }
 }
 
 /// Protocol and size limits.
@@ -259,14 +281,7 @@ impl Config {
             }],
             groups: vec![UpstreamGroup {
                 name: "default".to_string(),
-                upstreams: upstreams
-                    .into_iter()
-                    .map(|url| UpstreamConfig {
-                        url,
-                        weight: 1,
-                        ca_file: None,
-                    })
-                    .collect(),
+                upstreams: upstreams.into_iter().map(UpstreamConfig::new).collect(),
             }],
             limits: LimitsConfig::default(),
             timeouts: Timeouts::default(),

@@ -82,6 +82,20 @@ impl Config {
                 if let Some(ca) = &u.ca_file {
                     let _ = writeln!(o, "ca_file = {}", quote_path(ca));
                 }
+                if !u.inject_headers.is_empty() {
+                    let fields: Vec<String> = u
+                        .inject_headers
+                        .iter()
+                        .map(|(n, v)| format!("{} = {}", quote(n), secret(v)))
+                        .collect();
+                    let _ = writeln!(o, "inject_headers = {{ {} }}", fields.join(", "));
+                }
+                if let Some(strip) = u.strip_prefix {
+                    let _ = writeln!(o, "strip_prefix = {strip}");
+                }
+                if let Some(rewrite) = &u.rewrite_prefix {
+                    let _ = writeln!(o, "rewrite_prefix = {}", quote(rewrite));
+                }
             }
         }
         for section in sections() {

@@ -297,6 +297,15 @@ list_table! {
         weight: WEIGHT, default "`1`";
         /// Extra CA certificates (PEM) trusted for this https upstream, besides the web roots.
         ca_file: PATH, default "none", flag "--upstream-ca";
+        /// Headers set on requests to this upstream, on top of the route's (a name the route
+        /// also injects takes this value): credentials per provider or account.
+        inject_headers: Described::new("table of strings", "no framing or routing headers"),
+            default "`{}`";
+        /// Replaces the route's `strip_prefix` for this upstream.
+        strip_prefix: Switch, default "the route's";
+        /// Replaces the route's `rewrite_prefix` for this upstream; needs stripping.
+        rewrite_prefix: Described::new("string", "empty, or `/...` not ending in `/`"),
+            default "the route's";
     }
 }
 

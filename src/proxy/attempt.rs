@@ -147,9 +147,9 @@ impl<S> UploadSlot<S> {
 /// the write fails, what was read from the client can still go to another upstream).
 struct RequestFlow<'a> {
     replay: &'a mut Replay,
-    /// The route's injected fields and whether it checked `Authorization`: what the client's
+    /// The injected fields and whether the route checked `Authorization`: what the client's
     /// trailers may not carry.
-    inject: &'a [(String, String)],
+    inject: headers::Injected<'a>,
     drop_authorization: bool,
 }
 
@@ -174,6 +174,7 @@ fn start_pump<S>(
     mut up_wr: UpstreamWrite,
     shared: Arc<Shared>,
     route: usize,
+    upstream: Arc<Upstream>,
 ) -> PumpFuture<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -198,7 +199,10 @@ where
                 writer,
                 flow: &mut RequestFlow {
                     replay,
-                    inject: &shared.routes[route].inject,
+                    inject: headers::Injected {
+                        route: &shared.routes[route].inject,
+                        upstream: &upstream.cfg.inject_headers,
+                    },
                     drop_authorization: !shared.routes[route].require_bearer.is_empty(),
                 },
                 idle: shared.config.timeouts.stream_idle,
@@ -290,7 +294,7 @@ where
     let _outstanding = upstream.begin();
     let target = ctx
         .route
-        .upstream_target(&upstream.cfg.url.path_prefix, ctx.target)
+        .upstream_target(&upstream.cfg, ctx.target)
         .map_err(|e| AttemptFailure::new(ExchangeError::ClientPath(e), FailureKind::Final))?;
     let conn = checkout(ctx, upstream).await?;
     // A connection that fails before any response: a reused one was being closed by the
@@ -319,6 +323,7 @@ where
             up_wr,
             Arc::clone(ctx.shared),
             ctx.route.index,
+            Arc::clone(upstream),
         ));
     }
     let waiting = Waiting {
@@ -412,7 +417,10 @@ where
         upstream_authority: upstream.authority(),
         path: target.as_bytes(),
         request_id: ctx.request_id,
-        inject: &route.inject,
+        inject: headers::Injected {
+            route: &route.inject,
+            upstream: &upstream.cfg.inject_headers,
+        },
         drop_authorization: !route.require_bearer.is_empty(),
     };
     scratch.head.clear();

@@ -21,7 +21,9 @@
 //!
 //! # Credentials
 //! `Authorization` and `x-api-key` values are copied into the forwarded head and nowhere else.
-//! An injected field replaces every client field of the same name.
+//! An injected field replaces every client field of the same name. An upstream's injected
+//! field replaces the route's of the same name ([`Injected`]): a group can send each of its
+//! upstreams its own credentials.
 
 use crate::codec::chunked::Field;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -53,9 +55,49 @@ pub struct ForwardContext<'a> {
     pub request_id: &'a [u8],
     /// Fields set on every forwarded request; each replaces client fields of the same name.
     /// A pair that is not a valid field (bad name, control characters in the value) is skipped.
-    pub inject: &'a [(String, String)],
+    pub inject: Injected<'a>,
     /// Do not forward the client's `Authorization` (it is then only sent if injected).
     pub drop_authorization: bool,
+}
+
+/// The fields injected into a request: the route's, and the upstream's on top (an upstream
+/// field replaces the route's of the same name).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Injected<'a> {
+    /// The route's `inject_headers`.
+    pub route: &'a [(String, String)],
+    /// The upstream's `inject_headers`.
+    pub upstream: &'a [(String, String)],
+}
+
+impl<'a> Injected<'a> {
+    /// Only the route's fields.
+    pub fn route(route: &'a [(String, String)]) -> Self {
+        Injected {
+            route,
+            upstream: &[],
+        }
+    }
+
+    /// True if `name` is injected, by the route or the upstream.
+    pub fn names(&self, name: &[u8]) -> bool {
+        let named = |list: &[(String, String)]| {
+            list.iter()
+                .any(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name))
+        };
+        named(self.route) || named(self.upstream)
+    }
+
+    /// The fields sent, route's first (less those the upstream replaces), then the
+    /// upstream's.
+    pub fn fields(&self) -> impl Iterator<Item = &'a (String, String)> + '_ {
+        let upstream = self.upstream;
+        let route = self
+            .route
+            .iter()
+            .filter(move |(n, _)| !upstream.iter().any(|(u, _)| u.eq_ignore_ascii_case(n)));
+        route.chain(upstream)
+    }
 }
 
 /// Fields removed from every forwarded message (requests and responses), compared
@@ -151,13 +193,11 @@ fn trim_ows(mut v: &[u8]) -> &[u8] {
 /// True for a client field chunkgate sets itself or refuses to pass on: routing and
 /// expectations it handles, claims about earlier hops, the request id, injected names, and
 /// `Authorization` on a route that checked it.
-fn is_replaced(name: &[u8], inject: &[(String, String)], drop_authorization: bool) -> bool {
+fn is_replaced(name: &[u8], inject: Injected<'_>, drop_authorization: bool) -> bool {
     is_listed(name, REQUEST_REPLACED)
         || starts_with_ignore_case(name, b"x-forwarded-")
         || (drop_authorization && name.eq_ignore_ascii_case(b"authorization"))
-        || inject
-            .iter()
-            .any(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name))
+        || inject.names(name)
 }
 
 /// Keep only the client trailer fields that may reach the upstream: the rules of the head
@@ -166,7 +206,7 @@ fn is_replaced(name: &[u8], inject: &[(String, String)], drop_authorization: boo
 /// just refused).
 pub fn filter_request_trailers(
     trailers: &mut Vec<Field>,
-    inject: &[(String, String)],
+    inject: Injected<'_>,
     drop_authorization: bool,
 ) {
     trailers.retain(|f| {
@@ -278,7 +318,7 @@ pub fn write_request_head(
     if is_valid_field_value(ctx.request_id) {
         put_field(dst, b"X-Request-Id", ctx.request_id);
     }
-    for (name, value) in ctx.inject {
+    for (name, value) in ctx.inject.fields() {
         if valid_pair(name, value) {
             put_field(dst, name.as_bytes(), value.as_bytes());
         }
@@ -430,7 +470,7 @@ mod tests {
             upstream_authority: "api.upstream.test:443",
             path: b"/v1/chat/completions",
             request_id: b"0123456789abcdef0123456789abcdef",
-            inject,
+            inject: Injected::route(inject),
             drop_authorization: false,
         }
     }
@@ -493,6 +533,44 @@ mod tests {
             "0123456789abcdef0123456789abcdef"
         );
         assert_eq!(out.get("authorization").unwrap(), "Bearer sk-client");
+    }
+
+    #[test]
+    fn write_request_head_upstream_field_replaces_the_route_field() {
+        let pair = |n: &str, v: &str| (n.to_string(), v.to_string());
+        let route = vec![
+            pair("Authorization", "Bearer sk-route"),
+            pair("X-Team", "a"),
+        ];
+        let upstream = vec![pair("authorization", "Bearer sk-second-account")];
+        let mut c = ctx(&route);
+        c.inject.upstream = &upstream;
+        let mut dst = BytesMut::new();
+        write_request_head(&request(CLIENT), &c, &BodyFraming::None, &mut dst);
+        let out = reparse_request(&dst);
+        assert_eq!(out.count("authorization"), 1);
+        assert_eq!(
+            out.get("authorization").unwrap(),
+            "Bearer sk-second-account"
+        );
+        assert_eq!(out.get("x-team").unwrap(), "a");
+        let text = String::from_utf8_lossy(&dst);
+        assert!(!text.contains("sk-route"), "{text}");
+        assert!(!text.contains("sk-client"), "{text}");
+
+        let mut trailers = vec![
+            Field {
+                name: Bytes::from_static(b"Authorization"),
+                value: Bytes::from_static(b"Bearer sk-client"),
+            },
+            Field {
+                name: Bytes::from_static(b"X-Checksum"),
+                value: Bytes::from_static(b"1"),
+            },
+        ];
+        filter_request_trailers(&mut trailers, c.inject, false);
+        assert_eq!(trailers.len(), 1);
+        assert_eq!(&trailers[0].name[..], b"X-Checksum");
     }
 
     #[test]

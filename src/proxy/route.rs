@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use crate::codec::path::{check_prefix, NormalTarget, PathError};
-use crate::config::{RouteConfig, StreamRouteConfig};
+use crate::config::{RouteConfig, StreamRouteConfig, UpstreamConfig};
 use crate::metrics::RouteLlmMetrics;
 
 /// A route ready for matching.
@@ -74,23 +74,29 @@ impl Route {
         path.starts_with(bare) && matches!(path.get(bare.len()), None | Some(b'/') | Some(b'?'))
     }
 
-    /// The target the upstream receives: the upstream's path prefix, then the route's
-    /// rewrite prefix in place of its own prefix when it strips, then the rest of `target`
-    /// (query kept). Checked to lie under the prefix put in front. `*` stays `*`.
+    /// The target `upstream` receives: its path prefix, then the rewrite prefix in place of
+    /// the route's own prefix when stripping, then the rest of `target` (query kept). The
+    /// upstream's `strip_prefix` and `rewrite_prefix`, when set, replace the route's. Checked
+    /// to lie under the prefix put in front. `*` stays `*`.
     pub fn upstream_target(
         &self,
-        upstream_prefix: &str,
+        upstream: &UpstreamConfig,
         target: &NormalTarget,
     ) -> Result<NormalTarget, PathError> {
-        let upstream_prefix = upstream_prefix.trim_end_matches('/');
-        if upstream_prefix.is_empty() && !self.strip_prefix {
+        let upstream_prefix = upstream.url.path_prefix.trim_end_matches('/');
+        let strip_prefix = upstream.strip_prefix.unwrap_or(self.strip_prefix);
+        let rewrite_prefix = upstream
+            .rewrite_prefix
+            .as_deref()
+            .unwrap_or(&self.rewrite_prefix);
+        if upstream_prefix.is_empty() && !strip_prefix {
             // The common case: forwarded as it came, without a copy.
             return Ok(target.clone());
         }
-        let mut prefix = String::with_capacity(upstream_prefix.len() + self.rewrite_prefix.len());
+        let mut prefix = String::with_capacity(upstream_prefix.len() + rewrite_prefix.len());
         prefix.push_str(upstream_prefix);
-        let strip = if self.strip_prefix {
-            prefix.push_str(self.rewrite_prefix.trim_end_matches('/'));
+        let strip = if strip_prefix {
+            prefix.push_str(rewrite_prefix.trim_end_matches('/'));
             self.bare_prefix().len()
         } else {
             0
@@ -170,7 +176,16 @@ mod tests {
         .expect("a normal target")
     }
 
+    fn upstream(prefix: &str) -> UpstreamConfig {
+        let url = crate::config::UpstreamUrl::parse(&format!("http://127.0.0.1:1{prefix}"));
+        UpstreamConfig::new(url.expect("a valid url"))
+    }
+
     fn rewritten(r: &Route, up: &str, path: &str) -> String {
+        rewritten_for(r, &upstream(up), path)
+    }
+
+    fn rewritten_for(r: &Route, up: &UpstreamConfig, path: &str) -> String {
         let out = r.upstream_target(up, &target(path)).expect("rewritten");
         String::from_utf8(out.as_bytes().to_vec()).unwrap()
     }
@@ -200,6 +215,27 @@ mod tests {
         assert_eq!(rewritten(&r, "", "/local/v1/models"), "/api/v1/models");
         let r = route("/", false, "");
         assert_eq!(rewritten(&r, "/p", "/v1/models"), "/p/v1/models");
+    }
+
+    #[test]
+    fn an_upstream_replaces_the_route_rewriting() {
+        let r = route("/openai/", true, "/v1");
+        let mut up = upstream("/base");
+        assert_eq!(rewritten_for(&r, &up, "/openai/chat"), "/base/v1/chat");
+        up.rewrite_prefix = Some("/openai/v1".into());
+        assert_eq!(
+            rewritten_for(&r, &up, "/openai/chat"),
+            "/base/openai/v1/chat"
+        );
+        up.rewrite_prefix = Some(String::new());
+        assert_eq!(rewritten_for(&r, &up, "/openai/chat"), "/base/chat");
+        up.strip_prefix = Some(false);
+        assert_eq!(rewritten_for(&r, &up, "/openai/chat"), "/base/openai/chat");
+        let keep = route("/", false, "");
+        let mut up = upstream("");
+        up.strip_prefix = Some(true);
+        up.rewrite_prefix = Some("/api".into());
+        assert_eq!(rewritten_for(&keep, &up, "/v1/models"), "/api/v1/models");
     }
 
     #[test]

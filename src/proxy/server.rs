@@ -412,6 +412,14 @@ fn build_shared(
                 u.url, u.url.path_prefix
             )
         })?;
+        if let Some(rewrite) = &u.rewrite_prefix {
+            crate::codec::path::check_prefix(rewrite.as_bytes()).map_err(|e| {
+                format!(
+                    "upstream {}: rewrite_prefix {rewrite:?} is not a normal path: {e}",
+                    u.url
+                )
+            })?;
+        }
     }
     let same_settings = old.is_some_and(|o| {
         o.config.timeouts == config.timeouts

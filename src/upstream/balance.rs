@@ -139,6 +139,23 @@ pub struct Group {
     pub upstreams: Vec<Arc<Upstream>>,
 }
 
+/// A new upstream for member `i` of `cfg`. The same URL twice (one account each, told apart
+/// by their injected headers): the second is named `url#2` in logs and metrics.
+fn fresh(
+    cfg: &config::UpstreamGroup,
+    i: usize,
+    timeouts: &Timeouts,
+    pool: &PoolConfig,
+    breaker: &BreakerConfig,
+) -> Result<Arc<Upstream>, String> {
+    let u = &cfg.upstreams[i];
+    let mut up = Upstream::new(u, timeouts, pool, breaker)?;
+    if cfg.upstreams[..i].iter().any(|o| o.url == u.url) {
+        up.name = Arc::from(format!("{}#{}", up.name, i + 1));
+    }
+    Ok(Arc::new(up))
+}
+
 impl Group {
     /// Build a group and every upstream in it (each with its own pool and breaker).
     ///
@@ -150,9 +167,7 @@ impl Group {
         pool: &PoolConfig,
         breaker: &BreakerConfig,
     ) -> Result<Group, String> {
-        Group::new_with(cfg, |u| {
-            Upstream::new(u, timeouts, pool, breaker).map(Arc::new)
-        })
+        Group::new_with(cfg, |i, _| fresh(cfg, i, timeouts, pool, breaker))
     }
 
     /// As [`Group::new`], keeping the upstreams of `old` whose configuration is unchanged
@@ -166,7 +181,7 @@ impl Group {
         old: &[Arc<Group>],
         same_settings: bool,
     ) -> Result<Group, String> {
-        let mut group = Group::new_with(cfg, |u| {
+        let mut group = Group::new_with(cfg, |i, u| {
             let kept = same_settings
                 .then(|| {
                     old.iter()
@@ -177,7 +192,7 @@ impl Group {
                 .flatten();
             match kept {
                 Some(o) => Ok(o),
-                None => Upstream::new(u, timeouts, pool, breaker).map(Arc::new),
+                None => fresh(cfg, i, timeouts, pool, breaker),
             }
         })?;
         group.name = cfg.name.clone();
@@ -186,7 +201,7 @@ impl Group {
 
     fn new_with(
         cfg: &config::UpstreamGroup,
-        mut make: impl FnMut(&UpstreamConfig) -> Result<Arc<Upstream>, String>,
+        mut make: impl FnMut(usize, &UpstreamConfig) -> Result<Arc<Upstream>, String>,
     ) -> Result<Group, String> {
         if cfg.upstreams.is_empty() {
             return Err(format!("upstream group {:?} has no upstreams", cfg.name));
@@ -194,7 +209,8 @@ impl Group {
         let upstreams = cfg
             .upstreams
             .iter()
-            .map(|u| make(u).map_err(|e| format!("upstream group {:?}: {e}", cfg.name)))
+            .enumerate()
+            .map(|(i, u)| make(i, u).map_err(|e| format!("upstream group {:?}: {e}", cfg.name)))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Group {
             name: cfg.name.clone(),
@@ -290,6 +306,9 @@ mod tests {
                         .expect("url"),
                     weight,
                     ca_file: None,
+                    inject_headers: Vec::new(),
+                    strip_prefix: None,
+                    rewrite_prefix: None,
                 })
                 .collect(),
         };

@@ -592,6 +592,9 @@ mod tests {
             url: UpstreamUrl::parse(url).expect("valid url"),
             weight: 1,
             ca_file,
+            inject_headers: Vec::new(),
+            strip_prefix: None,
+            rewrite_prefix: None,
         }
     }
 

@@ -416,6 +416,9 @@ mod tests {
             url: UpstreamUrl::parse(&format!("http://127.0.0.1:{port}")).expect("url"),
             weight: 1,
             ca_file: None,
+            inject_headers: Vec::new(),
+            strip_prefix: None,
+            rewrite_prefix: None,
         };
         let connector = Connector::new(&upstream, &Timeouts::default()).expect("connector");
         UpstreamPool::new(connector, cfg)

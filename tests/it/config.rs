@@ -409,6 +409,43 @@ fn every_validation_error_names_line_and_key() {
             "route[0].inject_headers.X-Key",
             "`NOPE` is not set",
         ),
+        // An upstream's own injected headers and rewriting: the route's rules.
+        (
+            format!("{BASE}inject_headers = {{ Host = \"x\" }}\n"),
+            10,
+            "group[0].upstream[0].inject_headers.Host",
+            "cannot be injected",
+        ),
+        (
+            format!("{BASE}inject_headers = {{ X-Key = \"a\\r\\nEvil: 1\" }}\n"),
+            10,
+            "group[0].upstream[0].inject_headers.X-Key",
+            "control character",
+        ),
+        (
+            format!("{BASE}inject_headers = {{ X_Key = \"a\" }}\n"),
+            10,
+            "group[0].upstream[0].inject_headers.X_Key",
+            "are not sent",
+        ),
+        (
+            format!("{BASE}rewrite_prefix = \"/v1/\"\n"),
+            10,
+            "group[0].upstream[0].rewrite_prefix",
+            "must be empty",
+        ),
+        (
+            format!("{BASE}rewrite_prefix = \"/v1\"\nstrip_prefix = false\n"),
+            11,
+            "group[0].upstream[0].strip_prefix",
+            "cannot be false",
+        ),
+        (
+            format!("{BASE}rewrite_prefix = \"/v1\"\n"),
+            4,
+            "route[0].group",
+            "needs strip_prefix",
+        ),
         // Groups and upstreams.
         (
             "[[group]]\nname = \"g\"\n".into(),
@@ -696,6 +733,43 @@ fn secrets_never_appear_in_errors() {
     );
     let err = parse_err(&src);
     assert!(!err.to_string().contains("sk-secret"), "{err}");
+    let src = format!("{BASE}inject_headers = {{ X-Key = \"sk-secret\\u0000\" }}\n");
+    let err = parse_err(&src);
+    assert!(!err.to_string().contains("sk-secret"), "{err}");
+    assert_eq!(
+        err.subject(),
+        Some("group[0].upstream[0].inject_headers.X-Key")
+    );
+}
+
+#[test]
+fn upstreams_carry_their_own_headers_and_rewriting() {
+    let src = format!(
+        "{BASE}inject_headers = {{ Authorization = \"Bearer ${{KEY_A}}\" }}\nstrip_prefix = true\nrewrite_prefix = \"/v1\"\n"
+    );
+    let env = env_of(&[("KEY_A", "sk-account-a")]);
+    let cfg = Config::from_toml_str_with_env(&src, "t.toml", &env).unwrap();
+    let up = &cfg.groups[0].upstreams[0];
+    assert_eq!(
+        up.inject_headers,
+        vec![(
+            "Authorization".to_string(),
+            "Bearer sk-account-a".to_string()
+        )]
+    );
+    assert_eq!(up.strip_prefix, Some(true));
+    assert_eq!(up.rewrite_prefix.as_deref(), Some("/v1"));
+    let shown = cfg.to_toml(true);
+    assert!(!shown.contains("sk-account-a"), "{shown}");
+    assert!(shown.contains("rewrite_prefix = \"/v1\""), "{shown}");
+    let again = Config::from_toml_str_with_env(&cfg.to_toml(false), "again", &env).unwrap();
+    assert_eq!(again, cfg);
+    // The same URL twice is two accounts when their keys differ.
+    let two = format!(
+        "{BASE}inject_headers = {{ X-Key = \"a\" }}\n[[group.upstream]]\nurl = \"http://127.0.0.1:9000\"\ninject_headers = {{ X-Key = \"b\" }}\n"
+    );
+    let cfg = Config::from_toml_str_with_env(&two, "t.toml", &env).unwrap();
+    assert_eq!(cfg.groups[0].upstreams.len(), 2);
 }
 
 #[test]

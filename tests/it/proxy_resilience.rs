@@ -179,11 +179,17 @@ async fn failover_from_a_503_upstream_to_the_other() {
                 url: http_url(bad.addr),
                 weight: 100,
                 ca_file: None,
+                inject_headers: Vec::new(),
+                strip_prefix: None,
+                rewrite_prefix: None,
             },
             UpstreamConfig {
                 url: http_url(good.addr),
                 weight: 1,
                 ca_file: None,
+                inject_headers: Vec::new(),
+                strip_prefix: None,
+                rewrite_prefix: None,
             },
         ];
         let proxy = TestProxy::start(cfg).await;
@@ -210,11 +216,17 @@ async fn connect_refused_fails_over_to_the_other_upstream() {
                 url: http_url(closed_port().await),
                 weight: 100,
                 ca_file: None,
+                inject_headers: Vec::new(),
+                strip_prefix: None,
+                rewrite_prefix: None,
             },
             UpstreamConfig {
                 url: http_url(good.addr),
                 weight: 1,
                 ca_file: None,
+                inject_headers: Vec::new(),
+                strip_prefix: None,
+                rewrite_prefix: None,
             },
         ];
         let proxy = TestProxy::start(cfg).await;

@@ -236,6 +236,179 @@ fn server_pki() -> ServerPki {
     }
 }
 
+/// An upstream that needs its own key: 401 unless `Authorization: Bearer <key>`, and then
+/// `status` with its name; every Authorization and X-Team it sees is kept in `seen`.
+async fn keyed_upstream(
+    key: &'static str,
+    status: u16,
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+) -> Upstream {
+    hyper_upstream(move |req: Request<hyper::body::Incoming>| {
+        let seen = Arc::clone(&seen);
+        async move {
+            let auth: Vec<String> = req
+                .headers()
+                .get_all("authorization")
+                .iter()
+                .map(|v| v.to_str().unwrap_or("?").to_string())
+                .collect();
+            let team = req
+                .headers()
+                .get("x-team")
+                .map(|v| v.to_str().unwrap_or("?").to_string());
+            let path = req.uri().to_string();
+            let body = req.into_body().collect().await.map(|b| b.to_bytes());
+            let mut line = format!("path={path} auth={auth:?} team={team:?}");
+            if let Ok(b) = &body {
+                line.push_str(&format!(" body={}", String::from_utf8_lossy(b)));
+            }
+            seen.lock().expect("lock").push(line);
+            if auth != [format!("Bearer {key}")] {
+                return response(401, &[], TestBody::full("wrong key"));
+            }
+            response(
+                status,
+                &[("content-type", "text/plain")],
+                TestBody::full(key),
+            )
+        }
+    })
+    .await
+}
+
+fn keyed(
+    url: chunkgate::config::UpstreamUrl,
+    weight: u32,
+    key: &str,
+) -> chunkgate::config::UpstreamConfig {
+    let mut u = chunkgate::config::UpstreamConfig::new(url);
+    u.weight = weight;
+    u.inject_headers = vec![("Authorization".into(), format!("Bearer {key}"))];
+    u
+}
+
+const KEY_A: &str = "sk-account-a-0001";
+const KEY_B: &str = "sk-account-b-0002";
+const POST_BODY: &str = "{\"model\":\"m\"}";
+
+fn post(token: &str) -> String {
+    format!(
+        "POST /openai/v1/chat HTTP/1.1\r\nHost: gateway.test\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{POST_BODY}",
+        POST_BODY.len()
+    )
+}
+
+/// A route that requires a client token, over a group whose upstreams want different keys.
+fn failover_config(
+    first: chunkgate::config::UpstreamConfig,
+    second: chunkgate::config::UpstreamConfig,
+) -> Config {
+    let mut cfg = config(&[]);
+    // The first upstream weighs far more, so it is almost always tried first.
+    cfg.groups[0].upstreams = vec![first, second];
+    let mut r = route("/openai/", "default");
+    r.require_bearer = vec!["client-token".into()];
+    r.inject_headers = vec![
+        ("Authorization".into(), "Bearer sk-route-default".into()),
+        ("X-Team".into(), "blue".into()),
+    ];
+    r.rewrite_prefix = "/route".into();
+    cfg.routes = vec![r];
+    cfg
+}
+
+#[tokio::test]
+async fn failover_sends_each_upstream_its_own_key() {
+    bounded(LIMIT, async {
+        let seen_a = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen_b = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let a = keyed_upstream(KEY_A, 503, Arc::clone(&seen_a)).await;
+        let b = keyed_upstream(KEY_B, 200, Arc::clone(&seen_b)).await;
+        let mut second = keyed(http_url(b.addr), 1, KEY_B);
+        second.rewrite_prefix = Some("/b".into());
+        let proxy =
+            TestProxy::start(failover_config(keyed(http_url(a.addr), 100, KEY_A), second)).await;
+        for i in 0..4 {
+            let mut peer = proxy.connect().await;
+            peer.send(post("client-token").as_bytes())
+                .await
+                .expect("send");
+            let resp = peer.response("POST").await.expect("response");
+            assert_eq!(resp.head.status, 200, "request {i}");
+            assert_eq!(resp.body, KEY_B.as_bytes(), "request {i}");
+        }
+        let seen_a = seen_a.lock().expect("lock").clone();
+        let seen_b = seen_b.lock().expect("lock").clone();
+        assert!(!seen_a.is_empty(), "the 503 upstream was tried");
+        assert_eq!(seen_b.len(), 4, "{seen_b:?}");
+        let expect_a = format!(
+            "path=/route/v1/chat auth=[\"Bearer {KEY_A}\"] team=Some(\"blue\") body={POST_BODY}"
+        );
+        let expect_b = format!(
+            "path=/b/v1/chat auth=[\"Bearer {KEY_B}\"] team=Some(\"blue\") body={POST_BODY}"
+        );
+        for line in &seen_a {
+            assert_eq!(line, &expect_a, "the first upstream sees its own key only");
+        }
+        for line in &seen_b {
+            assert_eq!(
+                line, &expect_b,
+                "the retry carries the second key only, and the body"
+            );
+        }
+        // Neither saw the client's token or the route's default key.
+        let all = format!("{seen_a:?}{seen_b:?}");
+        assert!(
+            !all.contains("client-token") && !all.contains("sk-route-default"),
+            "{all}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn failover_from_a_down_upstream_uses_the_second_key() {
+    bounded(LIMIT, async {
+        let seen_b = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let b = keyed_upstream(KEY_B, 200, Arc::clone(&seen_b)).await;
+        let down = keyed(http_url(closed_port().await), 100, KEY_A);
+        let proxy =
+            TestProxy::start(failover_config(down, keyed(http_url(b.addr), 1, KEY_B))).await;
+        for i in 0..3 {
+            let mut peer = proxy.connect().await;
+            peer.send(post("client-token").as_bytes())
+                .await
+                .expect("send");
+            let resp = peer.response("POST").await.expect("response");
+            assert_eq!(resp.head.status, 200, "request {i}");
+            assert_eq!(resp.body, KEY_B.as_bytes(), "request {i}");
+        }
+        let seen_b = seen_b.lock().expect("lock").clone();
+        assert_eq!(seen_b.len(), 3);
+        for line in &seen_b {
+            assert!(
+                line.contains(&format!("auth=[\"Bearer {KEY_B}\"]")),
+                "{line}"
+            );
+            assert!(
+                !line.contains(KEY_A) && !line.contains("client-token"),
+                "{line}"
+            );
+        }
+        // A wrong client token never reaches an upstream.
+        let mut peer = proxy.connect().await;
+        peer.send(post("wrong-token").as_bytes())
+            .await
+            .expect("send");
+        assert_eq!(
+            peer.response("POST").await.expect("response").head.status,
+            401
+        );
+        assert_eq!(seen_b.len(), 3);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn tls_termination_streams_chunks_to_a_tls_client() {
     bounded(LIMIT, async {

@@ -87,6 +87,9 @@ fn tls_config(host: &str, port: u16, ca: Option<&tempfile::NamedTempFile>) -> Co
         url,
         weight: 1,
         ca_file: ca.map(|f| f.path().to_path_buf()),
+        inject_headers: Vec::new(),
+        strip_prefix: None,
+        rewrite_prefix: None,
     }];
     cfg.retry.max_attempts = 1;
     cfg

@@ -96,6 +96,9 @@ fn pool_to(port: u16, cfg: &PoolConfig) -> UpstreamPool {
         url: UpstreamUrl::parse(&format!("http://127.0.0.1:{port}")).expect("url"),
         weight: 1,
         ca_file: None,
+        inject_headers: Vec::new(),
+        strip_prefix: None,
+        rewrite_prefix: None,
     };
     let connector = Connector::new(&upstream, &Timeouts::default()).expect("connector");
     UpstreamPool::new(connector, cfg)

@@ -140,6 +140,9 @@ fn upstream(url: &str, ca_file: Option<&TempFile>) -> UpstreamConfig {
         url: UpstreamUrl::parse(url).expect("url"),
         weight: 1,
         ca_file: ca_file.map(|f| f.0.clone()),
+        inject_headers: Vec::new(),
+        strip_prefix: None,
+        rewrite_prefix: None,
     }
 }
 
