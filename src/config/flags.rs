@@ -51,6 +51,17 @@ pub struct ServeArgs {
     /// thread, like a single-worker nginx or HAProxy.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
+    /// Capture completion records of the routes made from flags to this JSON-lines file
+    /// (sink `jsonl`).
+    #[arg(long, value_name = "PATH")]
+    pub capture_jsonl: Option<PathBuf>,
+    /// Capture completion records of the routes made from flags to this SQLite database
+    /// (sink `sqlite`).
+    #[arg(long, value_name = "PATH")]
+    pub capture_sqlite: Option<PathBuf>,
+    /// POST completion records of the routes made from flags to this URL (sink `webhook`).
+    #[arg(long, value_name = "URL")]
+    pub capture_webhook: Option<String>,
 }
 
 /// The flags of the declared settings that were given, as typed. Each flag's syntax is
@@ -151,7 +162,15 @@ impl clap::FromArgMatches for SettingFlags {
 /// Apply the flags over `cfg` (the file's configuration, or the defaults).
 pub(super) fn apply(cfg: &mut Config, args: &ServeArgs) -> Result<(), ConfigError> {
     apply_listeners(cfg, args)?;
+    let had_routes = !cfg.routes.is_empty();
     apply_upstreams(cfg, args)?;
+    super::sinks::apply_flags(
+        cfg,
+        args.capture_jsonl.as_ref(),
+        args.capture_sqlite.as_ref(),
+        args.capture_webhook.as_deref(),
+        !had_routes,
+    )?;
     for (setting, text) in args.settings.settings() {
         let flag = setting.flag().map_or(setting.key(), Flag::name);
         setting
@@ -254,6 +273,7 @@ fn apply_upstreams(cfg: &mut Config, args: &ServeArgs) -> Result<(), ConfigError
                 rewrite_prefix: String::new(),
                 inject_headers: Vec::new(),
                 require_bearer: Vec::new(),
+                capture: super::RouteCapture::default(),
             });
         }
     }

@@ -39,6 +39,7 @@ mod flags;
 mod kinds;
 mod render;
 mod settings;
+mod sinks;
 mod units;
 mod url;
 
@@ -46,6 +47,7 @@ pub use error::ConfigError;
 pub use flags::{ServeArgs, SettingFlags};
 pub use render::{check_config, check_config_main, reference, CheckConfigArgs, REDACTED};
 pub use settings::{BreakerConfig, LogConfig, PoolConfig, RetryConfig, Timeouts};
+pub use sinks::{RouteCapture, SinkConfig, SinkKind, WebhookConfig};
 pub use units::{expand_env, format_duration, parse_duration, parse_size};
 pub use url::UpstreamUrl;
 
@@ -85,6 +87,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Graceful shutdown: how long in-flight exchanges may run after SIGTERM.
     pub drain_timeout: Duration,
+    /// Capture sinks, referenced by name from routes.
+    pub sinks: Vec<SinkConfig>,
 }
 
 /// One client-facing listener.
@@ -124,6 +128,8 @@ pub struct RouteConfig {
     /// If non-empty, requests must carry `Authorization: Bearer <one of these>` (401 otherwise).
     /// The inbound `Authorization` header is then not forwarded unless injected.
     pub require_bearer: Vec<String>,
+    /// Completion capture: the sinks its records go to (none by default).
+    pub capture: RouteCapture,
 }
 
 /// A named set of upstreams that share a route's traffic.
@@ -206,6 +212,7 @@ impl Config {
                 rewrite_prefix: String::new(),
                 inject_headers: Vec::new(),
                 require_bearer: Vec::new(),
+                capture: RouteCapture::default(),
             }],
             groups: vec![UpstreamGroup {
                 name: "default".to_string(),
@@ -226,6 +233,7 @@ impl Config {
             log: LogConfig::default(),
             // Set below, with the other settings declared outside a section struct.
             drain_timeout: Duration::ZERO,
+            sinks: Vec::new(),
         };
         for setting in settings::SETTINGS {
             setting.reset(&mut cfg);
@@ -267,6 +275,18 @@ impl Config {
                     format!("route[{i}].group"),
                     format!("no group named `{}`", r.group),
                 ));
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            for (j, name) in r.capture.sinks.iter().enumerate() {
+                if !self.sinks.iter().any(|s| &s.name == name) {
+                    return Err(ConfigError::key(
+                        origin,
+                        None,
+                        format!("route[{i}].capture[{j}]"),
+                        format!("no sink named `{name}`"),
+                    ));
+                }
             }
         }
         for (i, g) in self.groups.iter().enumerate() {

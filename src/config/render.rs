@@ -61,6 +61,10 @@ impl Config {
                 let tokens: Vec<String> = r.require_bearer.iter().map(|t| secret(t)).collect();
                 let _ = writeln!(o, "require_bearer = [{}]", tokens.join(", "));
             }
+            super::sinks::render_route(&mut o, &r.capture);
+        }
+        for sink in &self.sinks {
+            super::sinks::render_sink(&mut o, sink, &secret);
         }
         for g in &self.groups {
             let _ = writeln!(o, "\n[[group]]\nname = {}", quote(&g.name));

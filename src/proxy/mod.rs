@@ -68,4 +68,6 @@ pub(crate) struct Shared {
     pub draining: CancellationToken,
     /// Cancelled when the drain deadline passes: exchanges still running end as `shutdown`.
     pub hard_stop: CancellationToken,
+    /// Completion capture, when a route names a sink.
+    pub capture: Option<Arc<crate::capture::Capture>>,
 }

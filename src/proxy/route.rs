@@ -147,6 +147,7 @@ mod tests {
                 rewrite_prefix: rewrite.into(),
                 inject_headers: vec![],
                 require_bearer: vec![],
+                capture: Default::default(),
             },
             0,
             0,
@@ -226,6 +227,7 @@ mod tests {
                 rewrite_prefix: rewrite.into(),
                 inject_headers: vec![],
                 require_bearer: vec![],
+                capture: Default::default(),
             };
             assert!(Route::new(&cfg, 0, 0).is_err(), "{prefix} {rewrite}");
         }

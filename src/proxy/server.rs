@@ -104,6 +104,7 @@ impl Proxy {
                 metrics.breaker_state(u.name(), 0);
             }
         }
+        let capture = crate::capture::Capture::start(&config, &metrics).map_err(invalid)?;
         let draining = CancellationToken::new();
         let shared = Arc::new(Shared {
             retry: RetryPolicy::from_config(&config.retry, draining.clone()),
@@ -113,6 +114,7 @@ impl Proxy {
             metrics,
             draining,
             hard_stop: CancellationToken::new(),
+            capture,
         });
         Ok(Proxy {
             shared,
@@ -196,6 +198,7 @@ impl Proxy {
             let _ = t.await;
         }
         tracker.close();
+        let deadline = tokio::time::Instant::now() + shared.config.drain_timeout;
         let drained = tokio::time::timeout(shared.config.drain_timeout, tracker.wait())
             .await
             .is_ok();
@@ -209,6 +212,12 @@ impl Proxy {
             // Exchanges still running end now, each recorded with the outcome `shutdown`.
             shared.hard_stop.cancel();
             let _ = tokio::time::timeout(HARD_STOP_GRACE, tracker.wait()).await;
+        }
+        // Streams are done: deliver every queued capture record within what is left of the
+        // drain deadline (at least the hard-stop grace).
+        if let Some(capture) = &shared.capture {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            capture.drain(left.max(HARD_STOP_GRACE)).await;
         }
         admin_stop.cancel();
         Ok(drained)

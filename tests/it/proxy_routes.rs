@@ -41,6 +41,7 @@ fn route(prefix: &str, group: &str) -> RouteConfig {
         rewrite_prefix: String::new(),
         inject_headers: Vec::new(),
         require_bearer: Vec::new(),
+        capture: Default::default(),
     }
 }
 
