@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -74,6 +75,11 @@ fn webhook_sink(addr: SocketAddr) -> SinkConfig {
 /// One streaming completion through the proxy on a new connection, read to its end:
 /// the response bytes and how long it took.
 async fn stream_once(proxy: SocketAddr, id: &str) -> (Vec<u8>, Duration) {
+    stream_counted(proxy, id, &AtomicUsize::new(0)).await
+}
+
+/// [`stream_once`], counting in `sent` once the request is written.
+async fn stream_counted(proxy: SocketAddr, id: &str, sent: &AtomicUsize) -> (Vec<u8>, Duration) {
     let started = Instant::now();
     let mut s = TcpStream::connect(proxy).await.expect("connect");
     let body = r#"{"model":"mock","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
@@ -82,6 +88,7 @@ async fn stream_once(proxy: SocketAddr, id: &str) -> (Vec<u8>, Duration) {
         body.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
+    sent.fetch_add(1, Ordering::SeqCst);
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out).await;
     (out, started.elapsed())
@@ -477,4 +484,223 @@ path = "/tmp/x.db"
     assert!(!cfg.to_toml(true).contains("app-secret"));
     let round = Config::from_toml_str_with_env(&cfg.to_toml(false), "again", &|_| None).unwrap();
     assert_eq!(round, cfg, "check-config output reads back the same");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The binary: SIGTERM with streams in flight, SIGHUP, the `capture` subcommands
+// ---------------------------------------------------------------------------------------------
+
+const BIN: &str = env!("CARGO_BIN_EXE_chunkgate");
+
+/// A child process, killed if the test ends before it exits.
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.0.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Wait for the exit, for at most `limit`.
+    async fn exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.0.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "the process did not exit");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+async fn wait_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "{addr} never started listening");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn spawn(args: &[&str]) -> Proc {
+    Proc(
+        std::process::Command::new(BIN)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn chunkgate"),
+    )
+}
+
+/// `chunkgate capture ...`: its exit status and standard output.
+fn capture_cli(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(BIN)
+        .arg("capture")
+        .args(args)
+        .output()
+        .expect("run chunkgate capture");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_sigterm_with_200_streams_delivers_200_records_to_every_sink() {
+    bounded(Duration::from_secs(60), async {
+        let up = free_port();
+        let listen = free_port();
+        let _mock = spawn(&[
+            "mock-upstream",
+            "--listen",
+            &up.to_string(),
+            "--tokens",
+            "20",
+            "--gap-ms",
+            "50",
+        ]);
+        wait_listening(up).await;
+        let (hook, hits) = webhook(200).await;
+        let dir = tempfile::tempdir().unwrap();
+        let jsonl = dir.path().join("answers.jsonl");
+        let db = dir.path().join("answers.db");
+        let mut proxy = spawn(&[
+            "serve",
+            "--listen",
+            &listen.to_string(),
+            "--upstream",
+            &format!("http://{up}"),
+            "--drain-timeout",
+            "20s",
+            "--no-access-log",
+            "--capture-jsonl",
+            jsonl.to_str().unwrap(),
+            "--capture-sqlite",
+            db.to_str().unwrap(),
+            "--capture-webhook",
+            &format!("http://{}/hook", hook.addr),
+        ]);
+        wait_listening(listen).await;
+
+        let sent = Arc::new(AtomicUsize::new(0));
+        let clients: Vec<_> = (0..200)
+            .map(|i| {
+                let sent = Arc::clone(&sent);
+                tokio::spawn(
+                    async move { stream_counted(listen, &format!("sig-{i:03}"), &sent).await },
+                )
+            })
+            .collect();
+        // Every stream is under way (20 tokens 50 ms apart: about a second each), then stop.
+        eventually("200 requests sent", || sent.load(Ordering::SeqCst) == 200).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        proxy.signal("TERM");
+        for c in clients {
+            let (out, _) = c.await.unwrap();
+            assert_complete(&out);
+        }
+        let code = proxy.exit(Duration::from_secs(30)).await;
+        assert!(code.success(), "exit status {code:?}");
+
+        let expected: Vec<String> = (0..200).map(|i| format!("sig-{i:03}")).collect();
+        let ids = |records: Vec<Record>| {
+            let mut ids: Vec<String> = records.into_iter().map(|r| r.request_id).collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(ids(jsonl_records(&jsonl)), expected, "the JSONL file");
+        assert_eq!(ids(sqlite_records(&db)), expected, "the SQLite table");
+        let mut keys: Vec<String> = hits
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(h, _)| h.iter().find(|(n, _)| n == "idempotency-key"))
+            .map(|(_, v)| v.clone())
+            .collect();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys, expected, "the webhook");
+
+        // The capture subcommands read the database.
+        let (ok, shown) = capture_cli(&["show", "sig-007", "--sqlite", db.to_str().unwrap()]);
+        assert!(ok);
+        let record: Record = serde_json::from_str(shown.trim()).expect("show prints a record");
+        assert_eq!(
+            (record.request_id.as_str(), record.status),
+            ("sig-007", 200)
+        );
+        assert_eq!(record.outcome, "complete");
+        let (ok, _) = capture_cli(&["show", "nope", "--sqlite", db.to_str().unwrap()]);
+        assert!(!ok, "an unknown request id fails");
+        let (ok, tail) = capture_cli(&["tail", "-n", "5", "--sqlite", db.to_str().unwrap()]);
+        assert!(ok);
+        assert_eq!(tail.lines().count(), 6, "{tail}");
+        assert!(tail.starts_with("started_at"), "{tail}");
+        let (ok, stats) = capture_cli(&["stats", "--sqlite", db.to_str().unwrap()]);
+        assert!(ok);
+        assert!(stats.contains("records: 200"), "{stats}");
+        assert!(
+            stats
+                .lines()
+                .any(|l| l.split_whitespace().eq(["complete", "200"])),
+            "{stats}"
+        );
+        assert!(stats.contains("time to first token: p50"), "{stats}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn capture_jsonl_reopens_on_sighup() {
+    bounded(Duration::from_secs(30), async {
+        let up = mock(2, Duration::ZERO).await;
+        let listen = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let jsonl = dir.path().join("answers.jsonl");
+        let rotated = dir.path().join("answers.jsonl.1");
+        let mut proxy = spawn(&[
+            "serve",
+            "--listen",
+            &listen.to_string(),
+            "--upstream",
+            &format!("http://{}", up.addr()),
+            "--no-access-log",
+            "--capture-jsonl",
+            jsonl.to_str().unwrap(),
+        ]);
+        wait_listening(listen).await;
+        let (out, _) = stream_once(listen, "before").await;
+        assert_complete(&out);
+        eventually("the first record", || jsonl_records(&jsonl).len() == 1).await;
+        std::fs::rename(&jsonl, &rotated).unwrap();
+        proxy.signal("HUP");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (out, _) = stream_once(listen, "after").await;
+        assert_complete(&out);
+        eventually("the second record in a new file", || {
+            jsonl_records(&jsonl).len() == 1
+        })
+        .await;
+        assert_eq!(jsonl_records(&rotated)[0].request_id, "before");
+        assert_eq!(jsonl_records(&jsonl)[0].request_id, "after");
+        proxy.signal("TERM");
+        assert!(proxy.exit(Duration::from_secs(10)).await.success());
+    })
+    .await;
 }
