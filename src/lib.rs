@@ -6,6 +6,7 @@
 //! chunk never reaches the next hop as part of a UTF-8 character, a JSON object or an SSE event.
 
 pub mod admin;
+pub mod capture;
 pub mod codec;
 pub mod config;
 pub mod harness;

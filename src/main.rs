@@ -26,6 +26,8 @@ enum Command {
     Demo(chunkgate::harness::demo::DemoArgs),
     /// Load generator for the performance comparison (sse, rps, upload).
     Bench(chunkgate::loadgen::BenchArgs),
+    /// Read captured completion records (show, tail, stats) from an SQLite capture sink.
+    Capture(chunkgate::capture::cli::CaptureArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,5 +39,6 @@ fn main() -> ExitCode {
         Command::Harness(args) => chunkgate::harness::runner::main(args),
         Command::Demo(args) => chunkgate::harness::demo::main(args),
         Command::Bench(args) => chunkgate::loadgen::main(args),
+        Command::Capture(args) => chunkgate::capture::cli::main(args),
     }
 }

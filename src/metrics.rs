@@ -78,6 +78,11 @@ struct UpstreamLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabel {
+    sink: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: &'static str,
 }
@@ -255,6 +260,65 @@ pub struct Metrics {
     timeouts: Family<KindLabel, Counter>,
     llm: LlmMetrics,
     reloads: Family<ResultLabel, Counter>,
+    capture: CaptureFamilies,
+}
+
+/// The capture series, one of each per sink.
+struct CaptureFamilies {
+    written: Family<SinkLabel, Counter>,
+    failed: Family<SinkLabel, Counter>,
+    retried: Family<SinkLabel, Counter>,
+    dropped: Family<SinkLabel, Counter>,
+    queue_depth: Family<SinkLabel, Gauge>,
+    write_seconds: Family<SinkLabel, AtomicHistogram, fn() -> AtomicHistogram>,
+}
+
+/// The capture series of one sink, resolved once when the sink starts: counting is a
+/// relaxed atomic add, with no label lookup.
+#[derive(Debug, Clone)]
+pub struct SinkMetrics {
+    written: Counter,
+    failed: Counter,
+    retried: Counter,
+    dropped: Counter,
+    queue_depth: Gauge,
+    write_seconds: AtomicHistogram,
+}
+
+impl SinkMetrics {
+    /// `n` records were written (delivered, for a webhook).
+    pub fn written(&self, n: u64) {
+        self.written.inc_by(n);
+    }
+    /// `n` records could not be written and were given up.
+    pub fn failed(&self, n: u64) {
+        self.failed.inc_by(n);
+    }
+    /// A delivery is tried again.
+    pub fn retried(&self) {
+        self.retried.inc();
+    }
+    /// A record was dropped before its sink saw it (queue full).
+    pub fn dropped(&self) {
+        self.dropped.inc();
+    }
+    /// A record entered the sink's queue.
+    pub fn queued(&self) {
+        self.queue_depth.inc();
+    }
+    /// `n` records left the sink's queue.
+    pub fn dequeued(&self, n: u64) {
+        self.queue_depth
+            .dec_by(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    /// One write (a batch, or one delivery) took `d`.
+    pub fn write_took(&self, d: Duration) {
+        self.write_seconds.observe_duration(d);
+    }
+}
+
+fn write_histogram() -> AtomicHistogram {
+    AtomicHistogram::seconds(&WAIT_BUCKETS)
 }
 
 impl std::fmt::Debug for Metrics {
@@ -401,6 +465,45 @@ impl Metrics {
             reloads.clone(),
         );
 
+        let capture = CaptureFamilies {
+            written: Family::default(),
+            failed: Family::default(),
+            retried: Family::default(),
+            dropped: Family::default(),
+            queue_depth: Family::default(),
+            write_seconds: Family::new_with_constructor(write_histogram),
+        };
+        r.register(
+            "capture_written",
+            "Completion records written, by sink",
+            capture.written.clone(),
+        );
+        r.register(
+            "capture_failed",
+            "Completion records a sink could not write and gave up, by sink",
+            capture.failed.clone(),
+        );
+        r.register(
+            "capture_retried",
+            "Completion record deliveries tried again, by sink",
+            capture.retried.clone(),
+        );
+        r.register(
+            "capture_dropped",
+            "Completion records dropped because the sink's queue was full, by sink",
+            capture.dropped.clone(),
+        );
+        r.register(
+            "capture_queue_depth",
+            "Completion records waiting for a sink",
+            capture.queue_depth.clone(),
+        );
+        r.register(
+            "capture_write_seconds",
+            "Time one sink write took (a batch, or one webhook delivery)",
+            capture.write_seconds.clone(),
+        );
+
         Metrics {
             registry: root,
             requests,
@@ -423,6 +526,23 @@ impl Metrics {
             timeouts,
             llm,
             reloads,
+            capture,
+        }
+    }
+
+    /// The capture series of sink `name`, created at zero.
+    pub fn capture_sink(&self, name: &str) -> SinkMetrics {
+        let label = SinkLabel {
+            sink: name.to_string(),
+        };
+        let c = &self.capture;
+        SinkMetrics {
+            written: c.written.get_or_create(&label).clone(),
+            failed: c.failed.get_or_create(&label).clone(),
+            retried: c.retried.get_or_create(&label).clone(),
+            dropped: c.dropped.get_or_create(&label).clone(),
+            queue_depth: c.queue_depth.get_or_create(&label).clone(),
+            write_seconds: c.write_seconds.get_or_create(&label).clone(),
         }
     }
 

@@ -165,7 +165,7 @@ impl Ctx<'_> {
     }
 
     /// A string, `${VAR}`-expanded.
-    fn text(&self, node: &S<Node>, key: &str) -> Result<String, ConfigError> {
+    pub(super) fn text(&self, node: &S<Node>, key: &str) -> Result<String, ConfigError> {
         match self.leaf(node, key)? {
             Leaf::Str(s) => Ok(s),
             other => Err(self.err(node, key, other.invalid("a string"))),
@@ -182,7 +182,7 @@ impl Ctx<'_> {
         })
     }
 
-    fn path(&self, node: &S<Node>, key: &str) -> Result<PathBuf, ConfigError> {
+    pub(super) fn path(&self, node: &S<Node>, key: &str) -> Result<PathBuf, ConfigError> {
         let s = self.text(node, key)?;
         if s.is_empty() {
             return Err(self.err(node, key, "empty path"));
@@ -190,7 +190,7 @@ impl Ctx<'_> {
         Ok(PathBuf::from(s))
     }
 
-    fn table<'n>(
+    pub(super) fn table<'n>(
         &self,
         node: &'n S<Node>,
         key: &str,
@@ -205,7 +205,11 @@ impl Ctx<'_> {
         }
     }
 
-    fn array<'n>(&self, node: &'n S<Node>, key: &str) -> Result<&'n [S<Node>], ConfigError> {
+    pub(super) fn array<'n>(
+        &self,
+        node: &'n S<Node>,
+        key: &str,
+    ) -> Result<&'n [S<Node>], ConfigError> {
         match node.get_ref() {
             Node::Array(items) => Ok(items),
             other => Err(self.err(
@@ -217,7 +221,7 @@ impl Ctx<'_> {
     }
 
     /// One element of a list section, its keys checked against the declared ones.
-    fn fields<'n>(
+    pub(super) fn fields<'n>(
         &self,
         node: &'n S<Node>,
         path: String,
@@ -247,27 +251,27 @@ fn unknown(name: &str, expected: &[&str]) -> String {
 }
 
 /// The keys of one list-section element.
-struct Fields<'n> {
+pub(super) struct Fields<'n> {
     node: &'n S<Node>,
     path: String,
     entries: &'n [(String, S<Node>)],
 }
 
 impl<'n> Fields<'n> {
-    fn key(&self, name: &str) -> String {
+    pub(super) fn key(&self, name: &str) -> String {
         format!("{}.{name}", self.path)
     }
 
-    fn get(&self, name: &str) -> Option<&'n S<Node>> {
+    pub(super) fn get(&self, name: &str) -> Option<&'n S<Node>> {
         self.entries.iter().find(|(k, _)| k == name).map(|(_, v)| v)
     }
 
-    fn required(&self, ctx: &Ctx<'_>, name: &str) -> Result<&'n S<Node>, ConfigError> {
+    pub(super) fn required(&self, ctx: &Ctx<'_>, name: &str) -> Result<&'n S<Node>, ConfigError> {
         self.get(name)
             .ok_or_else(|| ctx.err(self.node, &self.key(name), "required key is missing"))
     }
 
-    fn read<K: Kind>(
+    pub(super) fn read<K: Kind>(
         &self,
         ctx: &Ctx<'_>,
         kind: &K,
@@ -329,7 +333,7 @@ impl Config {
 }
 
 /// The top-level keys that are list sections, read by hand below.
-const LIST_SECTIONS: [&str; 4] = ["listener", "admin", "route", "group"];
+const LIST_SECTIONS: [&str; 5] = ["listener", "admin", "route", "group", "sink"];
 
 fn build(ctx: &Ctx<'_>, root: &[(String, S<Node>)]) -> Result<Config, ConfigError> {
     let mut cfg = Config::defaults();
@@ -387,9 +391,12 @@ fn build(ctx: &Ctx<'_>, root: &[(String, S<Node>)]) -> Result<Config, ConfigErro
     if let Some(node) = list("admin") {
         admin(ctx, node, &mut cfg)?;
     }
-    // Groups before routes, which refer to them.
+    // Groups and sinks before routes, which refer to them.
     if let Some(node) = list("group") {
         groups(ctx, node, &mut cfg)?;
+    }
+    if let Some(node) = list("sink") {
+        super::sinks::sinks(ctx, node, &mut cfg)?;
     }
     if let Some(node) = list("route") {
         routes(ctx, node, &mut cfg)?;
@@ -724,6 +731,7 @@ fn routes(ctx: &Ctx<'_>, node: &S<Node>, cfg: &mut Config) -> Result<(), ConfigE
         }
 
         let stream = stream_keys(ctx, &f)?;
+        let capture = super::sinks::route_capture(ctx, &f, cfg)?;
         cfg.routes.push(RouteConfig {
             prefix,
             group,
@@ -732,6 +740,7 @@ fn routes(ctx: &Ctx<'_>, node: &S<Node>, cfg: &mut Config) -> Result<(), ConfigE
             inject_headers,
             require_bearer,
             stream,
+            capture,
         });
     }
     Ok(())

@@ -55,6 +55,17 @@ pub struct ServeArgs {
     /// flags; `chunks` (default): chunk-exact. Routes of a file set `align` themselves.
     #[arg(long, value_name = "MODE", value_parser = ["chunks", "events"])]
     pub align: Option<String>,
+    /// Capture completion records of the routes made from flags to this JSON-lines file
+    /// (sink `jsonl`).
+    #[arg(long, value_name = "PATH")]
+    pub capture_jsonl: Option<PathBuf>,
+    /// Capture completion records of the routes made from flags to this SQLite database
+    /// (sink `sqlite`).
+    #[arg(long, value_name = "PATH")]
+    pub capture_sqlite: Option<PathBuf>,
+    /// POST completion records of the routes made from flags to this URL (sink `webhook`).
+    #[arg(long, value_name = "URL")]
+    pub capture_webhook: Option<String>,
 }
 
 /// The flags of the declared settings that were given, as typed. Each flag's syntax is
@@ -155,8 +166,16 @@ impl clap::FromArgMatches for SettingFlags {
 /// Apply the flags over `cfg` (the file's configuration, or the defaults).
 pub(super) fn apply(cfg: &mut Config, args: &ServeArgs) -> Result<(), ConfigError> {
     apply_listeners(cfg, args)?;
-    let file_routes = args.config.is_some() && !cfg.routes.is_empty();
+    let had_routes = !cfg.routes.is_empty();
+    let file_routes = args.config.is_some() && had_routes;
     apply_upstreams(cfg, args)?;
+    super::sinks::apply_flags(
+        cfg,
+        args.capture_jsonl.as_ref(),
+        args.capture_sqlite.as_ref(),
+        args.capture_webhook.as_deref(),
+        !had_routes,
+    )?;
     if let Some(mode) = args.align.as_deref() {
         if file_routes {
             return Err(ConfigError::flag(
@@ -279,6 +298,7 @@ fn apply_upstreams(cfg: &mut Config, args: &ServeArgs) -> Result<(), ConfigError
                 inject_headers: Vec::new(),
                 require_bearer: Vec::new(),
                 stream: StreamRouteConfig::default(),
+                capture: super::RouteCapture::default(),
             });
         }
     }

@@ -39,6 +39,7 @@ mod flags;
 mod kinds;
 mod render;
 mod settings;
+mod sinks;
 mod units;
 mod url;
 
@@ -46,6 +47,7 @@ pub use error::ConfigError;
 pub use flags::{ServeArgs, SettingFlags};
 pub use render::{check_config, check_config_main, reference, CheckConfigArgs, REDACTED};
 pub use settings::{BreakerConfig, LogConfig, MetricsConfig, PoolConfig, RetryConfig, Timeouts};
+pub use sinks::{RouteCapture, SinkConfig, SinkKind, WebhookConfig};
 pub use units::{expand_env, format_duration, parse_duration, parse_size};
 pub use url::UpstreamUrl;
 
@@ -87,6 +89,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Graceful shutdown: how long in-flight exchanges may run after SIGTERM.
     pub drain_timeout: Duration,
+    /// Capture sinks, referenced by name from routes.
+    pub sinks: Vec<SinkConfig>,
 }
 
 /// One client-facing listener.
@@ -128,6 +132,8 @@ pub struct RouteConfig {
     pub require_bearer: Vec<String>,
     /// How the route's answers are framed and read as LLM streams.
     pub stream: StreamRouteConfig,
+    /// Completion capture: the sinks its records go to (none by default).
+    pub capture: RouteCapture,
 }
 
 /// How a route forwards and reads LLM streams.
@@ -278,6 +284,7 @@ impl Config {
                 inject_headers: Vec::new(),
                 require_bearer: Vec::new(),
                 stream: StreamRouteConfig::default(),
+                capture: RouteCapture::default(),
             }],
             groups: vec![UpstreamGroup {
                 name: "default".to_string(),
@@ -292,6 +299,7 @@ impl Config {
             metrics: MetricsConfig::default(),
             // Set below, with the other settings declared outside a section struct.
             drain_timeout: Duration::ZERO,
+            sinks: Vec::new(),
         };
         for setting in settings::SETTINGS {
             setting.reset(&mut cfg);
@@ -333,6 +341,18 @@ impl Config {
                     format!("route[{i}].group"),
                     format!("no group named `{}`", r.group),
                 ));
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            for (j, name) in r.capture.sinks.iter().enumerate() {
+                if !self.sinks.iter().any(|s| &s.name == name) {
+                    return Err(ConfigError::key(
+                        origin,
+                        None,
+                        format!("route[{i}].capture[{j}]"),
+                        format!("no sink named `{name}`"),
+                    ));
+                }
             }
         }
         for (i, g) in self.groups.iter().enumerate() {

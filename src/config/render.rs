@@ -73,6 +73,10 @@ impl Config {
             if let Some(every) = st.keepalive {
                 let _ = writeln!(o, "keepalive = {}", quote(&format_duration(every)));
             }
+            super::sinks::render_route(&mut o, &r.capture);
+        }
+        for sink in &self.sinks {
+            super::sinks::render_sink(&mut o, sink, &secret);
         }
         for g in &self.groups {
             let _ = writeln!(o, "\n[[group]]\nname = {}", quote(&g.name));

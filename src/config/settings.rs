@@ -278,6 +278,14 @@ list_table! {
         /// Streaming requests: after this long without an upstream answer, commit `200` and send
         /// `: keepalive` comments at this interval until the first event.
         keepalive: Described::new("duration", "1s to 1h"), default "off";
+        /// Names of the `[[sink]]`s that get a completion record of each exchange; capture is
+        /// off unless a route names a sink.
+        capture: Described::new("list of strings", "defined sink names"), default "`[]`",
+            flag "--capture-jsonl, --capture-sqlite, --capture-webhook";
+        /// Add the request body (JSON) to the route's records.
+        capture_request: Switch, default "`false`";
+        /// Most request-body bytes a record keeps; a longer body is left out.
+        capture_request_max: super::sinks::CAPTURE_REQUEST_MAX, default "`\"64KiB\"`";
     }
 }
 
@@ -309,8 +317,39 @@ list_table! {
     }
 }
 
+list_table! {
+    SINK "[[sink]]" {
+        /// Sink name, referenced by routes' `capture`.
+        name: Described::new("string", "letters, digits, `-`, `_`, `.`"), default "(required)";
+        /// Where records go: `jsonl` (a file), `sqlite` (a database) or `webhook` (a POST per
+        /// record).
+        kind: Described::new("string", "`jsonl`, `sqlite`, `webhook`"), default "(required)";
+        /// jsonl, sqlite: the file (required); a jsonl file is reopened on SIGHUP.
+        path: PATH, default "(required)";
+        /// jsonl: fsync after every batch.
+        fsync: Switch, default "`false`";
+        /// webhook: the URL records are POSTed to (required).
+        url: Described::new("URL", "`http://` or `https://`"), default "(required)";
+        /// webhook: headers sent with every POST, `${ENV}` expanded (secrets: never logged,
+        /// redacted by `check-config`).
+        headers: Described::new("table of strings", "no framing headers"), default "`{}`";
+        /// webhook: one delivery attempt's deadline.
+        timeout: Time, default "`\"10s\"`";
+        /// webhook: attempts after the first, with exponential backoff (5xx, 429, network).
+        retries: super::sinks::RETRIES, default "`5`";
+        /// webhook: deliveries under way at once.
+        max_in_flight: super::sinks::MAX_IN_FLIGHT, default "`16`";
+        /// Records waiting for this sink; past it a record is dropped and counted.
+        queue_records: super::sinks::QUEUE_RECORDS, default "`10000`";
+        /// Bytes of records waiting for this sink; past it a record is dropped and counted.
+        queue_bytes: super::sinks::QUEUE_BYTES, default "`\"64MiB\"`";
+        /// Records written together: one write (jsonl), one transaction (sqlite).
+        batch: super::sinks::BATCH, default "`256`";
+    }
+}
+
 /// The list sections, in reference order.
-pub(super) static LISTS: &[&ListTable] = &[&LISTENER, &ADMIN, &ROUTE, &GROUP, &UPSTREAM];
+pub(super) static LISTS: &[&ListTable] = &[&LISTENER, &ADMIN, &ROUTE, &GROUP, &UPSTREAM, &SINK];
 
 const DEFAULT_LISTEN_TEXT: &str = "`\"127.0.0.1:8080\"`";
 const DEFAULT_MAX_CONNECTIONS_TEXT: &str = "`10000`";

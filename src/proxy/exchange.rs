@@ -587,6 +587,9 @@ where
         if self.shared.config.log.access_log {
             crate::logging::access_log(&self.rec);
         }
+        if let Some(capture) = &self.shared.capture {
+            capture.submit(&self.rec, None);
+        }
         after
     }
 }

@@ -75,6 +75,8 @@ pub(crate) struct Shared {
     pub tls: Vec<Option<tokio_rustls::TlsAcceptor>>,
     /// Where the running configuration is: a connection takes the newest for each exchange.
     pub live: std::sync::OnceLock<std::sync::Weak<arc_swap::ArcSwap<Shared>>>,
+    /// Completion capture, when a route names a sink.
+    pub capture: Option<Arc<crate::capture::Capture>>,
 }
 
 impl Shared {

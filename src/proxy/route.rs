@@ -161,6 +161,7 @@ mod tests {
                 inject_headers: vec![],
                 require_bearer: vec![],
                 stream: Default::default(),
+                capture: Default::default(),
             },
             0,
             0,
@@ -271,6 +272,7 @@ mod tests {
                 inject_headers: vec![],
                 require_bearer: vec![],
                 stream: Default::default(),
+                capture: Default::default(),
             };
             assert!(Route::new(&cfg, 0, 0).is_err(), "{prefix} {rewrite}");
         }

@@ -166,6 +166,7 @@ impl Proxy {
             let _ = t.await;
         }
         tracker.close();
+        let deadline = tokio::time::Instant::now() + shared.config.drain_timeout;
         let drained = tokio::time::timeout(shared.config.drain_timeout, tracker.wait())
             .await
             .is_ok();
@@ -179,6 +180,12 @@ impl Proxy {
             // Exchanges still running end now, each recorded with the outcome `shutdown`.
             shared.hard_stop.cancel();
             let _ = tokio::time::timeout(HARD_STOP_GRACE, tracker.wait()).await;
+        }
+        // Streams are done: deliver every queued capture record within what is left of the
+        // drain deadline (at least the hard-stop grace).
+        if let Some(capture) = &shared.capture {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            capture.drain(left.max(HARD_STOP_GRACE)).await;
         }
         admin_stop.cancel();
         Ok(drained)
@@ -460,6 +467,20 @@ fn build_shared(
         });
     }
     metrics.set_max_models(config.metrics.max_models);
+    let capture = match old {
+        Some(o) if same_capture(&o.config, &config) => o.capture.clone(),
+        _ => crate::capture::Capture::start(&config, &metrics)?,
+    };
+    if let Some(retired) = old.and_then(|o| o.capture.clone()) {
+        let kept = capture.as_ref().is_some_and(|c| Arc::ptr_eq(c, &retired));
+        if !kept {
+            // Sinks changed: the old writers deliver what they were given, then stop.
+            let deadline = config.drain_timeout;
+            tokio::spawn(async move {
+                retired.drain(deadline).await;
+            });
+        }
+    }
     for u in groups.iter().flat_map(|g| &g.upstreams) {
         let kept = old_groups
             .iter()
@@ -479,7 +500,20 @@ fn build_shared(
         hard_stop,
         tls,
         live: std::sync::OnceLock::new(),
+        capture,
     })
+}
+
+/// Whether two configurations capture the same: the same sinks, and the same routes naming
+/// the same sinks.
+fn same_capture(a: &Config, b: &Config) -> bool {
+    let routes = |c: &Config| -> Vec<(String, crate::config::RouteCapture)> {
+        c.routes
+            .iter()
+            .map(|r| (r.prefix.clone(), r.capture.clone()))
+            .collect()
+    };
+    a.sinks == b.sinks && routes(a) == routes(b)
 }
 
 /// Installs a new configuration in a running proxy (SIGHUP, `POST /reload`).

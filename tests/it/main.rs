@@ -6,6 +6,7 @@
 //! `cargo test --test it proxy_stream::`; [`common`] holds the fixtures the proxy areas share.
 
 mod admin;
+mod capture;
 mod codec_hyper_diff;
 mod codec_props;
 mod codec_vectors;

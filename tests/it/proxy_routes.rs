@@ -42,6 +42,7 @@ fn route(prefix: &str, group: &str) -> RouteConfig {
         inject_headers: Vec::new(),
         require_bearer: Vec::new(),
         stream: Default::default(),
+        capture: Default::default(),
     }
 }
 
