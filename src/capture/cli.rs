@@ -115,7 +115,10 @@ fn tail(path: &std::path::Path, lines: u32, follow: bool) -> Result<ExitCode, St
     latest.reverse();
     let mut last = latest.last().map_or(0, |(id, _)| *id);
     print!("{}", tail_table(&latest, true));
-    while follow {
+    if !follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    loop {
         std::thread::sleep(FOLLOW_POLL);
         let new = select(
             &conn,
@@ -127,7 +130,6 @@ fn tail(path: &std::path::Path, lines: u32, follow: bool) -> Result<ExitCode, St
             print!("{}", tail_table(&new, false));
         }
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Most characters of the answer shown in a `tail` row.
