@@ -31,6 +31,8 @@ use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::stream::json::{once, Bail, Cursor, Raw, Walk};
+
 /// An LLM API whose answers chunkgate reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Dialect {
@@ -186,10 +188,10 @@ impl Record {
     }
 
     /// Append a piece of answer text (a raw JSON string), bounded, noting the first token.
-    fn text(&mut self, raw: Option<&RawValue>, at: Instant) {
+    fn text(&mut self, raw: Option<&str>, at: Instant) {
         let Some(raw) = raw else { return };
         let max = self.max_text;
-        if let Some(appended) = append_json_str(raw.get(), &mut self.text, max) {
+        if let Some(appended) = append_json_str(raw, &mut self.text, max) {
             self.truncated |= appended.truncated;
             if appended.any && self.first_token_at.is_none() {
                 self.first_token_at = Some(at);
@@ -197,29 +199,30 @@ impl Record {
         }
     }
 
-    fn model(&mut self, raw: Option<&RawValue>) {
+    fn model(&mut self, raw: Option<&str>) {
         if self.model.is_empty() {
             set_json_str(raw, &mut self.model);
         }
     }
 
-    fn finish(&mut self, raw: Option<&RawValue>) {
+    fn finish(&mut self, raw: Option<&str>) {
         set_json_str(raw, &mut self.finish_reason);
     }
 
     /// Keep the first error delivered: a JSON string (the message) or an object with `type` or
     /// `code`, and `message`.
-    fn error(&mut self, raw: Option<&RawValue>) {
+    fn error(&mut self, raw: Option<&str>) {
         let Some(raw) = raw else { return };
         if self.error.is_some() {
             return;
         }
         let mut error = StreamError::default();
-        if raw.get().starts_with('"') {
+        if raw.starts_with('"') {
             error.message = own_json_str(raw);
-        } else if let Ok(body) = serde_json::from_str::<ErrorBody<'_>>(raw.get()) {
-            error.kind = own_json_str_opt(body.kind).or_else(|| own_json_str_opt(body.code));
-            error.message = own_json_str_opt(body.message);
+        } else if let Ok(body) = serde_json::from_str::<ErrorBody<'_>>(raw) {
+            error.kind =
+                own_json_str_opt(get(body.kind)).or_else(|| own_json_str_opt(get(body.code)));
+            error.message = own_json_str_opt(get(body.message));
         } else {
             return;
         }
@@ -290,7 +293,25 @@ pub(crate) enum Read {
 
 /// Read one streamed payload of `dialect`: the data of an SSE event (`event` is its `event`
 /// field) or one JSON line. `at` is when the bytes that completed it were written.
+///
+/// The payload is walked once by [`read_event_fast`]; only a payload it leaves (see there) is
+/// deserialized by [`read_event_complete`]. Both read the same.
 pub(crate) fn read_event(
+    dialect: Dialect,
+    event: Option<&[u8]>,
+    data: &[u8],
+    rec: &mut Record,
+    at: Instant,
+) -> Read {
+    match read_event_fast(dialect, event, Cursor::new(data), rec, at) {
+        Ok(()) => Read::Understood,
+        Err(Bail) => read_event_complete(dialect, event, data, rec, at),
+    }
+}
+
+/// [`read_event`] by deserializing the whole payload with serde: the reference reading, and
+/// the one for the payloads the fast reading leaves.
+pub(crate) fn read_event_complete(
     dialect: Dialect,
     event: Option<&[u8]>,
     data: &[u8],
@@ -307,6 +328,396 @@ pub(crate) fn read_event(
         rec.invalid += 1;
     }
     read
+}
+
+/// Read one streamed payload (the JSON text under `cursor`) by walking it once with the
+/// [`Cursor`], without deserializing it: what every token event takes. It records exactly
+/// what [`read_event_complete`] would, or, when it meets anything it leaves to that reading,
+/// records nothing and returns [`Bail`]. It leaves: anything that is not valid JSON (so that
+/// only the complete reading counts it invalid), a field's value of an unexpected type, a
+/// field given twice, escaped or non-ASCII keys, and the rare events that carry usage or the
+/// answer's end (OpenAI chunks with `usage`, Anthropic `message_start` / `message_delta` /
+/// `error`, Responses `response.completed` and kin).
+pub(crate) fn read_event_fast(
+    dialect: Dialect,
+    event: Option<&[u8]>,
+    cursor: Cursor<'_>,
+    rec: &mut Record,
+    at: Instant,
+) -> Walk<()> {
+    match dialect {
+        Dialect::OpenAiChat | Dialect::OpenAiCompletions => openai_fast(cursor, rec, at),
+        Dialect::OpenAiResponses => responses_fast(event, cursor, rec, at),
+        Dialect::AnthropicMessages => anthropic_fast(event, cursor, rec, at),
+        Dialect::OllamaChat | Dialect::OllamaGenerate => ollama_fast(cursor, rec, at),
+    }
+}
+
+// ---- the fast readings --------------------------------------------------------------------
+//
+// Each walks the payload collecting the raw values it needs, checks them as serde would
+// (UTF-8 for raw values and borrowed strings), and only then records, so that a payload left
+// with `Bail` halfway has changed nothing.
+
+/// An `Option<&RawValue>` field: `null` is `None`; any value is checked for UTF-8.
+fn raw_opt<'a>(c: &mut Cursor<'a>) -> Walk<Option<Raw<'a>>> {
+    let raw = c.value()?;
+    raw.check_utf8()?;
+    Ok((!raw.is_null()).then_some(raw))
+}
+
+/// An `Option<&str>` field: `null` is `None`; a string serde can lend (no escapes, UTF-8).
+fn str_opt<'a>(c: &mut Cursor<'a>) -> Walk<Option<&'a [u8]>> {
+    let raw = c.value()?;
+    if raw.is_null() {
+        return Ok(None);
+    }
+    let inner = raw.plain_str().ok_or(Bail)?;
+    raw.check_utf8()?;
+    Ok(Some(inner))
+}
+
+/// A field that the fast reading only takes when it is `null` (or absent).
+fn null_only(c: &mut Cursor<'_>) -> Walk<()> {
+    if c.null()? {
+        Ok(())
+    } else {
+        Err(Bail)
+    }
+}
+
+/// An `Option<Message>` field (`{"content": ..}`): the content, if any.
+fn message_content<'a>(c: &mut Cursor<'a>) -> Walk<Option<Raw<'a>>> {
+    if c.null()? {
+        return Ok(None);
+    }
+    if c.peek()? != b'{' {
+        return Err(Bail);
+    }
+    let mut seen = 0;
+    let mut content = None;
+    c.members(|c, key| {
+        if key == b"content" {
+            once(&mut seen, 1)?;
+            content = raw_opt(c)?;
+        } else {
+            c.value()?;
+        }
+        Ok(())
+    })?;
+    Ok(content)
+}
+
+fn text_opt(raw: Option<Raw<'_>>) -> Walk<Option<&str>> {
+    raw.map(Raw::text).transpose()
+}
+
+/// The model, as text only while none is recorded (a later chunk's model is not read).
+fn model_text<'a>(raw: Option<Raw<'a>>, rec: &Record) -> Walk<Option<&'a str>> {
+    if rec.model.is_empty() {
+        text_opt(raw)
+    } else {
+        Ok(None)
+    }
+}
+
+#[derive(Default)]
+struct FastChoice<'a> {
+    delta: Option<Raw<'a>>,
+    message: Option<Raw<'a>>,
+    text: Option<Raw<'a>>,
+    finish_reason: Option<Raw<'a>>,
+}
+
+/// A `choices` array (or `null`): its first choice with `index` 0.
+fn first_choice<'a>(c: &mut Cursor<'a>) -> Walk<Option<FastChoice<'a>>> {
+    if c.null()? {
+        return Ok(None);
+    }
+    if c.peek()? != b'[' {
+        return Err(Bail);
+    }
+    let mut first = None;
+    c.elements(|c| {
+        if c.peek()? != b'{' {
+            return Err(Bail);
+        }
+        let mut seen = 0;
+        let mut index = 0;
+        let mut choice = FastChoice::default();
+        c.members(|c, key| {
+            match key {
+                b"index" => {
+                    once(&mut seen, 1)?;
+                    index = c.u64_or_null()?.ok_or(Bail)?;
+                }
+                b"delta" => {
+                    once(&mut seen, 2)?;
+                    choice.delta = message_content(c)?;
+                }
+                b"message" => {
+                    once(&mut seen, 4)?;
+                    choice.message = message_content(c)?;
+                }
+                b"text" => {
+                    once(&mut seen, 8)?;
+                    choice.text = raw_opt(c)?;
+                }
+                b"finish_reason" => {
+                    once(&mut seen, 16)?;
+                    choice.finish_reason = raw_opt(c)?;
+                }
+                _ => {
+                    c.value()?;
+                }
+            }
+            Ok(())
+        })?;
+        if first.is_none() && index == 0 {
+            first = Some(choice);
+        }
+        Ok(())
+    })?;
+    Ok(first)
+}
+
+fn openai_fast(mut c: Cursor<'_>, rec: &mut Record, at: Instant) -> Walk<()> {
+    let mut seen = 0;
+    let mut model = None;
+    let mut choice = None;
+    let mut error = None;
+    c.members(|c, key| {
+        match key {
+            b"model" => {
+                once(&mut seen, 1)?;
+                model = raw_opt(c)?;
+            }
+            b"choices" => {
+                once(&mut seen, 2)?;
+                choice = first_choice(c)?;
+            }
+            b"usage" => {
+                once(&mut seen, 4)?;
+                null_only(c)?;
+            }
+            b"error" => {
+                once(&mut seen, 8)?;
+                error = raw_opt(c)?;
+            }
+            _ => {
+                c.value()?;
+            }
+        }
+        Ok(())
+    })?;
+    c.finish()?;
+    let model = model_text(model, rec)?;
+    let error = text_opt(error)?;
+    let (text, finish) = match &choice {
+        Some(ch) => (text_opt(ch.delta.or(ch.text))?, text_opt(ch.finish_reason)?),
+        None => (None, None),
+    };
+    rec.model(model);
+    rec.error(error);
+    if choice.is_some() {
+        rec.text(text, at);
+        rec.finish(finish);
+    }
+    Ok(())
+}
+
+fn responses_fast(
+    event: Option<&[u8]>,
+    mut c: Cursor<'_>,
+    rec: &mut Record,
+    at: Instant,
+) -> Walk<()> {
+    let mut seen = 0;
+    let mut kind = None;
+    let mut delta = None;
+    c.members(|c, key| {
+        match key {
+            b"type" => {
+                once(&mut seen, 1)?;
+                kind = str_opt(c)?;
+            }
+            b"delta" => {
+                once(&mut seen, 2)?;
+                delta = raw_opt(c)?;
+            }
+            b"response" => {
+                once(&mut seen, 4)?;
+                null_only(c)?;
+            }
+            b"code" | b"message" | b"error" => {
+                once(
+                    &mut seen,
+                    if key == b"code" {
+                        8
+                    } else if key == b"message" {
+                        16
+                    } else {
+                        32
+                    },
+                )?;
+                raw_opt(c)?;
+            }
+            _ => {
+                c.value()?;
+            }
+        }
+        Ok(())
+    })?;
+    c.finish()?;
+    match kind.or(event).unwrap_or_default() {
+        b"response.output_text.delta" => {
+            let text = text_opt(delta)?;
+            rec.text(text, at);
+        }
+        b"response.completed" | b"response.incomplete" | b"response.failed" | b"error" => {
+            return Err(Bail)
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn anthropic_fast(
+    event: Option<&[u8]>,
+    mut c: Cursor<'_>,
+    rec: &mut Record,
+    at: Instant,
+) -> Walk<()> {
+    let mut seen = 0;
+    let mut kind = None;
+    let mut delta_kind = None;
+    let mut delta_text = None;
+    c.members(|c, key| {
+        match key {
+            b"type" => {
+                once(&mut seen, 1)?;
+                kind = str_opt(c)?;
+            }
+            b"delta" => {
+                once(&mut seen, 2)?;
+                if !c.null()? {
+                    if c.peek()? != b'{' {
+                        return Err(Bail);
+                    }
+                    let mut seen = 0;
+                    c.members(|c, key| {
+                        match key {
+                            b"type" => {
+                                once(&mut seen, 1)?;
+                                delta_kind = str_opt(c)?;
+                            }
+                            b"text" => {
+                                once(&mut seen, 2)?;
+                                delta_text = raw_opt(c)?;
+                            }
+                            b"stop_reason" => {
+                                once(&mut seen, 4)?;
+                                raw_opt(c)?;
+                            }
+                            _ => {
+                                c.value()?;
+                            }
+                        }
+                        Ok(())
+                    })?;
+                }
+            }
+            b"message" | b"usage" | b"error" | b"model" | b"stop_reason" | b"content" => {
+                let bit = match key {
+                    b"message" => 4,
+                    b"usage" => 8,
+                    b"error" => 16,
+                    b"model" => 32,
+                    b"stop_reason" => 64,
+                    _ => 128,
+                };
+                once(&mut seen, bit)?;
+                null_only(c)?;
+            }
+            _ => {
+                c.value()?;
+            }
+        }
+        Ok(())
+    })?;
+    c.finish()?;
+    match kind.or(event).unwrap_or_default() {
+        b"content_block_delta" if delta_kind == Some(&b"text_delta"[..]) => {
+            let text = text_opt(delta_text)?;
+            rec.text(text, at);
+        }
+        b"message_stop" => rec.complete = true,
+        b"message_start" | b"message_delta" | b"error" | b"message" => return Err(Bail),
+        _ => {}
+    }
+    Ok(())
+}
+
+fn ollama_fast(mut c: Cursor<'_>, rec: &mut Record, at: Instant) -> Walk<()> {
+    let mut seen = 0;
+    let (mut model, mut content, mut response, mut done_reason, mut error) =
+        (None, None, None, None, None);
+    let (mut done, mut prompt_eval_count, mut eval_count) = (None, None, None);
+    c.members(|c, key| {
+        match key {
+            b"model" => {
+                once(&mut seen, 1)?;
+                model = raw_opt(c)?;
+            }
+            b"message" => {
+                once(&mut seen, 2)?;
+                content = message_content(c)?;
+            }
+            b"response" => {
+                once(&mut seen, 4)?;
+                response = raw_opt(c)?;
+            }
+            b"done" => {
+                once(&mut seen, 8)?;
+                done = c.bool_or_null()?;
+            }
+            b"done_reason" => {
+                once(&mut seen, 16)?;
+                done_reason = raw_opt(c)?;
+            }
+            b"prompt_eval_count" => {
+                once(&mut seen, 32)?;
+                prompt_eval_count = c.u64_or_null()?;
+            }
+            b"eval_count" => {
+                once(&mut seen, 64)?;
+                eval_count = c.u64_or_null()?;
+            }
+            b"error" => {
+                once(&mut seen, 128)?;
+                error = raw_opt(c)?;
+            }
+            _ => {
+                c.value()?;
+            }
+        }
+        Ok(())
+    })?;
+    c.finish()?;
+    let model = model_text(model, rec)?;
+    let text = text_opt(content.or(response))?;
+    let done_reason = text_opt(done_reason)?;
+    let error = text_opt(error)?;
+    rec.model(model);
+    rec.text(text, at);
+    rec.finish(done_reason);
+    rec.usage.input = prompt_eval_count.or(rec.usage.input);
+    rec.usage.output = eval_count.or(rec.usage.output);
+    rec.error(error);
+    if done == Some(true) {
+        rec.complete = true;
+    }
+    Ok(())
 }
 
 /// Read a whole unstreamed answer of `dialect` (or an error body).
@@ -329,7 +740,7 @@ pub(crate) fn read_document(dialect: Dialect, body: &[u8], rec: &mut Record, at:
 pub(crate) fn read_unknown(data: &[u8], rec: &mut Record) -> Read {
     match serde_json::from_slice::<ErrorOnly<'_>>(data) {
         Ok(e) => {
-            rec.error(e.error);
+            rec.error(get(e.error));
             Read::Understood
         }
         Err(_) => {
@@ -425,16 +836,16 @@ fn openai(data: &[u8], rec: &mut Record, at: Instant, document: bool) -> Read {
     let Ok(chunk) = serde_json::from_slice::<OpenAiChunk<'_>>(data) else {
         return Read::Invalid;
     };
-    rec.model(chunk.model);
-    rec.error(chunk.error);
+    rec.model(get(chunk.model));
+    rec.error(get(chunk.error));
     if let Some(choice) = chunk.choices.0 {
         let message = if document {
             choice.message
         } else {
             choice.delta
         };
-        rec.text(message.and_then(|m| m.content).or(choice.text), at);
-        rec.finish(choice.finish_reason);
+        rec.text(get(message.and_then(|m| m.content).or(choice.text)), at);
+        rec.finish(get(choice.finish_reason));
     }
     if let Some(usage) = &chunk.usage {
         rec.openai_usage(usage);
@@ -510,15 +921,15 @@ struct OutputPart<'a> {
 impl ResponseObject<'_> {
     /// Model, status, usage and error of a response object.
     fn record(&self, rec: &mut Record) {
-        rec.model(self.model);
+        rec.model(get(self.model));
         match self.incomplete_details.as_ref().and_then(|d| d.reason) {
-            Some(reason) => rec.finish(Some(reason)),
-            None => rec.finish(self.status),
+            Some(reason) => rec.finish(Some(reason.get())),
+            None => rec.finish(get(self.status)),
         }
         if let Some(usage) = &self.usage {
             rec.responses_usage(usage);
         }
-        rec.error(self.error);
+        rec.error(get(self.error));
     }
 }
 
@@ -528,7 +939,7 @@ fn responses_event(event: Option<&[u8]>, data: &[u8], rec: &mut Record, at: Inst
     };
     let kind = e.kind.map(str::as_bytes).or(event).unwrap_or_default();
     match kind {
-        b"response.output_text.delta" => rec.text(e.delta, at),
+        b"response.output_text.delta" => rec.text(get(e.delta), at),
         b"response.completed" | b"response.incomplete" | b"response.failed" => {
             if let Some(r) = &e.response {
                 r.record(rec);
@@ -537,17 +948,17 @@ fn responses_event(event: Option<&[u8]>, data: &[u8], rec: &mut Record, at: Inst
         }
         b"error" => {
             if e.error.is_some() {
-                rec.error(e.error);
+                rec.error(get(e.error));
             } else if rec.error.is_none() {
                 rec.error = Some(StreamError {
-                    kind: e.code.and_then(own_json_str),
-                    message: e.message.and_then(own_json_str),
+                    kind: e.code.map(RawValue::get).and_then(own_json_str),
+                    message: e.message.map(RawValue::get).and_then(own_json_str),
                 });
             }
         }
         _ => {
             if let Some(r) = &e.response {
-                rec.model(r.model);
+                rec.model(get(r.model));
             }
         }
     }
@@ -569,7 +980,7 @@ fn responses_document(body: &[u8], rec: &mut Record, at: Instant) -> Read {
                 .iter()
                 .filter(|p| p.kind == Some("output_text"))
             {
-                rec.text(part.text, at);
+                rec.text(get(part.text), at);
             }
         }
     }
@@ -641,8 +1052,8 @@ fn anthropic_event(event: Option<&[u8]>, data: &[u8], rec: &mut Record, at: Inst
     match kind {
         b"message_start" => {
             if let Some(m) = &e.message {
-                rec.model(m.model);
-                rec.finish(m.stop_reason);
+                rec.model(get(m.model));
+                rec.finish(get(m.stop_reason));
                 if let Some(u) = &m.usage {
                     rec.anthropic_usage(u);
                 }
@@ -651,20 +1062,20 @@ fn anthropic_event(event: Option<&[u8]>, data: &[u8], rec: &mut Record, at: Inst
         b"content_block_delta" => {
             if let Some(d) = &e.delta {
                 if d.kind == Some("text_delta") {
-                    rec.text(d.text, at);
+                    rec.text(get(d.text), at);
                 }
             }
         }
         b"message_delta" => {
             if let Some(d) = &e.delta {
-                rec.finish(d.stop_reason);
+                rec.finish(get(d.stop_reason));
             }
             if let Some(u) = &e.usage {
                 rec.anthropic_usage(u);
             }
         }
         b"message_stop" => rec.complete = true,
-        b"error" => rec.error(e.error),
+        b"error" => rec.error(get(e.error)),
         b"message" => anthropic_message(&e, rec, at),
         _ => {}
     }
@@ -673,15 +1084,15 @@ fn anthropic_event(event: Option<&[u8]>, data: &[u8], rec: &mut Record, at: Inst
 
 /// An unstreamed message: model, content blocks, stop reason and usage at the top level.
 fn anthropic_message(e: &AnthropicEvent<'_>, rec: &mut Record, at: Instant) {
-    rec.model(e.model);
-    rec.finish(e.stop_reason);
+    rec.model(get(e.model));
+    rec.finish(get(e.stop_reason));
     if let Some(u) = &e.usage {
         rec.anthropic_usage(u);
     }
     if let Some(content) = e.content {
         if let Ok(blocks) = serde_json::from_str::<Vec<ContentBlock<'_>>>(content.get()) {
             for block in blocks.iter().filter(|b| b.kind == Some("text")) {
-                rec.text(block.text, at);
+                rec.text(get(block.text), at);
             }
         }
     }
@@ -714,12 +1125,15 @@ fn ollama(data: &[u8], rec: &mut Record, at: Instant) -> Read {
     let Ok(line) = serde_json::from_slice::<OllamaLine<'_>>(data) else {
         return Read::Invalid;
     };
-    rec.model(line.model);
-    rec.text(line.message.and_then(|m| m.content).or(line.response), at);
-    rec.finish(line.done_reason);
+    rec.model(get(line.model));
+    rec.text(
+        get(line.message.and_then(|m| m.content).or(line.response)),
+        at,
+    );
+    rec.finish(get(line.done_reason));
     rec.usage.input = line.prompt_eval_count.or(rec.usage.input);
     rec.usage.output = line.eval_count.or(rec.usage.output);
-    rec.error(line.error);
+    rec.error(get(line.error));
     if line.done == Some(true) {
         rec.complete = true;
     }
@@ -850,28 +1264,33 @@ fn hex4(s: &str) -> Option<u32> {
 
 /// Replace `dst` with the JSON string `raw`, bounded by [`MAX_SHORT_TEXT`]; a missing, null or
 /// non-string value leaves `dst` as it was.
-fn set_json_str(raw: Option<&RawValue>, dst: &mut String) {
-    if let Some(raw) = raw.filter(|r| r.get().starts_with('"')) {
+fn set_json_str(raw: Option<&str>, dst: &mut String) {
+    if let Some(raw) = raw.filter(|r| r.starts_with('"')) {
         dst.clear();
-        append_json_str(raw.get(), dst, MAX_SHORT_TEXT);
+        append_json_str(raw, dst, MAX_SHORT_TEXT);
     }
 }
 
-fn own_json_str(raw: &RawValue) -> Option<String> {
+fn own_json_str(raw: &str) -> Option<String> {
     let mut s = String::new();
-    if raw.get().starts_with('"') {
-        append_json_str(raw.get(), &mut s, MAX_SHORT_TEXT)?;
+    if raw.starts_with('"') {
+        append_json_str(raw, &mut s, MAX_SHORT_TEXT)?;
         return Some(s);
     }
     // A number or other scalar (some APIs send numeric codes): its JSON text.
-    let text = raw.get();
+    let text = raw;
     (!text.starts_with(['{', '[']) && text != "null").then(|| {
         s.push_str(&text[..text.len().min(MAX_SHORT_TEXT)]);
         s
     })
 }
 
-fn own_json_str_opt(raw: Option<&RawValue>) -> Option<String> {
+/// The JSON text of a raw value.
+fn get(raw: Option<&RawValue>) -> Option<&str> {
+    raw.map(RawValue::get)
+}
+
+fn own_json_str_opt(raw: Option<&str>) -> Option<String> {
     raw.and_then(own_json_str)
 }
 

@@ -13,6 +13,7 @@
 
 pub mod align;
 pub mod dialect;
+pub(crate) mod json;
 pub mod tap;
 
 use bytes::Bytes;

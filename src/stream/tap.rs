@@ -49,9 +49,13 @@
 use std::time::Instant;
 
 use crate::codec::sse::{media_type, parse_event, Framer, StreamFormat};
+use memchr::memchr2;
+
 use crate::stream::dialect::{
-    read_document, read_event, read_unknown, Dialect, Read, Record, StreamError, Usage,
+    read_document, read_event, read_event_fast, read_unknown, Dialect, Read, Record, StreamError,
+    Usage,
 };
+use crate::stream::json::Cursor;
 
 /// The most capacity the partial-event buffer keeps for reuse between events: 64 KiB.
 const KEEP_CAPACITY: usize = 64 << 10;
@@ -194,6 +198,15 @@ impl Reader {
                     scratch,
                     ..
                 } = self;
+                if let (Some(d), Some((event, data))) = (*dialect, one_data_line(unit)) {
+                    if data == b"[DONE]" {
+                        record.complete = true;
+                        return;
+                    }
+                    if read_event_fast(d, event, Cursor::one_line(data), record, at).is_ok() {
+                        return;
+                    }
+                }
                 let event = parse_event(unit, scratch);
                 let Some(data) = event.data else { return };
                 if data == b"[DONE]" {
@@ -209,6 +222,44 @@ impl Reader {
                 }
             }
         }
+    }
+}
+
+/// The event name and data of an event that is at most an `event` line and one `data` line,
+/// read without looking for line ends in the data (a JSON payload is walked anyway, and a
+/// one-line walk finds any line end in it): `unit` must start with `event:` or `data:`, and
+/// at most two line ends (the data line's and the blank line's) are taken off its end.
+///
+/// When the data returned holds no CR or LF, it is exactly what [`parse_event`] reads from
+/// `unit`; when it holds one, the event has more lines and the caller must read it with
+/// [`parse_event`].
+fn one_data_line(unit: &[u8]) -> Option<(Option<&[u8]>, &[u8])> {
+    let mut rest = unit;
+    let mut event = None;
+    if let Some(after) = rest.strip_prefix(b"event:") {
+        let end = memchr2(b'\n', b'\r', after)?;
+        let name = &after[..end];
+        event = Some(name.strip_prefix(b" ").unwrap_or(name));
+        rest = strip_line_end_front(&after[end..]);
+    }
+    let data = rest.strip_prefix(b"data:")?;
+    let data = data.strip_prefix(b" ").unwrap_or(data);
+    Some((event, strip_line_end(strip_line_end(data))))
+}
+
+/// `bytes` without the line end (CRLF, LF or CR) it ends with, if any.
+fn strip_line_end(bytes: &[u8]) -> &[u8] {
+    match bytes {
+        [rest @ .., b'\r', b'\n'] | [rest @ .., b'\n' | b'\r'] => rest,
+        _ => bytes,
+    }
+}
+
+/// `bytes` without the line end (CRLF, LF or CR) it starts with, if any.
+fn strip_line_end_front(bytes: &[u8]) -> &[u8] {
+    match bytes {
+        [b'\r', b'\n', rest @ ..] | [b'\n' | b'\r', rest @ ..] => rest,
+        _ => bytes,
     }
 }
 
