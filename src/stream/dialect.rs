@@ -31,7 +31,7 @@ use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::stream::json::{once, Bail, Cursor, Raw, Walk};
+use crate::stream::json::{once, Bail, Cursor, Raw, Template, Walk};
 
 /// An LLM API whose answers chunkgate reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -303,7 +303,7 @@ pub(crate) fn read_event(
     rec: &mut Record,
     at: Instant,
 ) -> Read {
-    match read_event_fast(dialect, event, Cursor::new(data), rec, at) {
+    match read_event_fast(dialect, event, data, false, None, rec, at) {
         Ok(()) => Read::Understood,
         Err(Bail) => read_event_complete(dialect, event, data, rec, at),
     }
@@ -330,10 +330,14 @@ pub(crate) fn read_event_complete(
     read
 }
 
-/// Read one streamed payload (the JSON text under `cursor`) by walking it once with the
-/// [`Cursor`], without deserializing it: what every token event takes. It records exactly
-/// what [`read_event_complete`] would, or, when it meets anything it leaves to that reading,
-/// records nothing and returns [`Bail`]. It leaves: anything that is not valid JSON (so that
+/// Read one streamed payload `data` without deserializing it: what every token event takes.
+/// It records exactly what [`read_event_complete`] would, or, when it meets anything it leaves
+/// to that reading, records nothing and returns [`Bail`].
+///
+/// First `template` is tried: a payload that repeats the last token event but for its text
+/// (and the values of fields nobody reads) is read by comparing bytes and appending its text.
+/// Otherwise the payload is walked once with a [`Cursor`] (in one-line mode when `one_line`),
+/// and may become the new template. The walk leaves: anything that is not valid JSON (so that
 /// only the complete reading counts it invalid), a field's value of an unexpected type, a
 /// field given twice, escaped or non-ASCII keys, and the rare events that carry usage or the
 /// answer's end (OpenAI chunks with `usage`, Anthropic `message_start` / `message_delta` /
@@ -341,16 +345,51 @@ pub(crate) fn read_event_complete(
 pub(crate) fn read_event_fast(
     dialect: Dialect,
     event: Option<&[u8]>,
-    cursor: Cursor<'_>,
+    data: &[u8],
+    one_line: bool,
+    template: Option<&mut Template>,
     rec: &mut Record,
     at: Instant,
 ) -> Walk<()> {
-    match dialect {
-        Dialect::OpenAiChat | Dialect::OpenAiCompletions => openai_fast(cursor, rec, at),
-        Dialect::OpenAiResponses => responses_fast(event, cursor, rec, at),
-        Dialect::AnthropicMessages => anthropic_fast(event, cursor, rec, at),
-        Dialect::OllamaChat | Dialect::OllamaGenerate => ollama_fast(cursor, rec, at),
+    if let Some(text) = template
+        .as_deref()
+        .and_then(|t| t.matches(event, data, one_line))
+    {
+        let text = text_opt(text)?;
+        rec.text(text, at);
+        return Ok(());
     }
+    let mut cursor = if one_line {
+        Cursor::one_line(data)
+    } else {
+        Cursor::new(data)
+    };
+    let c = &mut cursor;
+    let fast = match dialect {
+        Dialect::OpenAiChat | Dialect::OpenAiCompletions => openai_fast(c, rec, at),
+        Dialect::OpenAiResponses => responses_fast(event, c, rec, at),
+        Dialect::AnthropicMessages => anthropic_fast(event, c, rec, at),
+        Dialect::OllamaChat | Dialect::OllamaGenerate => ollama_fast(c, rec, at),
+    }?;
+    if let (Some(template), true) = (template, fast.repeatable) {
+        template.learn(event, data, one_line, cursor.skipped_scalars(), fast.text);
+    }
+    Ok(())
+}
+
+/// What a fast reading tells a [`Template`].
+struct Fast<'a> {
+    /// Reading the payload again would change nothing but append its text again.
+    repeatable: bool,
+    /// The raw text it appended, if any.
+    text: Option<Raw<'a>>,
+}
+
+impl Fast<'_> {
+    const ONCE: Fast<'static> = Fast {
+        repeatable: false,
+        text: None,
+    };
 }
 
 // ---- the fast readings --------------------------------------------------------------------
@@ -401,7 +440,7 @@ fn message_content<'a>(c: &mut Cursor<'a>) -> Walk<Option<Raw<'a>>> {
             once(&mut seen, 1)?;
             content = raw_opt(c)?;
         } else {
-            c.value()?;
+            c.skip()?;
         }
         Ok(())
     })?;
@@ -467,9 +506,7 @@ fn first_choice<'a>(c: &mut Cursor<'a>) -> Walk<Option<FastChoice<'a>>> {
                     once(&mut seen, 16)?;
                     choice.finish_reason = raw_opt(c)?;
                 }
-                _ => {
-                    c.value()?;
-                }
+                _ => c.skip()?,
             }
             Ok(())
         })?;
@@ -481,7 +518,7 @@ fn first_choice<'a>(c: &mut Cursor<'a>) -> Walk<Option<FastChoice<'a>>> {
     Ok(first)
 }
 
-fn openai_fast(mut c: Cursor<'_>, rec: &mut Record, at: Instant) -> Walk<()> {
+fn openai_fast<'a>(c: &mut Cursor<'a>, rec: &mut Record, at: Instant) -> Walk<Fast<'a>> {
     let mut seen = 0;
     let mut model = None;
     let mut choice = None;
@@ -504,34 +541,34 @@ fn openai_fast(mut c: Cursor<'_>, rec: &mut Record, at: Instant) -> Walk<()> {
                 once(&mut seen, 8)?;
                 error = raw_opt(c)?;
             }
-            _ => {
-                c.value()?;
-            }
+            _ => c.skip()?,
         }
         Ok(())
     })?;
     c.finish()?;
     let model = model_text(model, rec)?;
     let error = text_opt(error)?;
-    let (text, finish) = match &choice {
-        Some(ch) => (text_opt(ch.delta.or(ch.text))?, text_opt(ch.finish_reason)?),
-        None => (None, None),
-    };
+    let raw_text = choice.as_ref().and_then(|ch| ch.delta.or(ch.text));
+    let text = text_opt(raw_text)?;
+    let finish = text_opt(choice.as_ref().and_then(|ch| ch.finish_reason))?;
     rec.model(model);
     rec.error(error);
     if choice.is_some() {
         rec.text(text, at);
         rec.finish(finish);
     }
-    Ok(())
+    Ok(Fast {
+        repeatable: error.is_none() && !finish.is_some_and(|f| f.starts_with('"')),
+        text: raw_text,
+    })
 }
 
-fn responses_fast(
+fn responses_fast<'a>(
     event: Option<&[u8]>,
-    mut c: Cursor<'_>,
+    c: &mut Cursor<'a>,
     rec: &mut Record,
     at: Instant,
-) -> Walk<()> {
+) -> Walk<Fast<'a>> {
     let mut seen = 0;
     let mut kind = None;
     let mut delta = None;
@@ -562,9 +599,7 @@ fn responses_fast(
                 )?;
                 raw_opt(c)?;
             }
-            _ => {
-                c.value()?;
-            }
+            _ => c.skip()?,
         }
         Ok(())
     })?;
@@ -573,21 +608,25 @@ fn responses_fast(
         b"response.output_text.delta" => {
             let text = text_opt(delta)?;
             rec.text(text, at);
+            Ok(Fast {
+                repeatable: true,
+                text: delta,
+            })
         }
-        b"response.completed" | b"response.incomplete" | b"response.failed" | b"error" => {
-            return Err(Bail)
-        }
-        _ => {}
+        b"response.completed" | b"response.incomplete" | b"response.failed" | b"error" => Err(Bail),
+        _ => Ok(Fast {
+            repeatable: true,
+            text: None,
+        }),
     }
-    Ok(())
 }
 
-fn anthropic_fast(
+fn anthropic_fast<'a>(
     event: Option<&[u8]>,
-    mut c: Cursor<'_>,
+    c: &mut Cursor<'a>,
     rec: &mut Record,
     at: Instant,
-) -> Walk<()> {
+) -> Walk<Fast<'a>> {
     let mut seen = 0;
     let mut kind = None;
     let mut delta_kind = None;
@@ -619,9 +658,7 @@ fn anthropic_fast(
                                 once(&mut seen, 4)?;
                                 raw_opt(c)?;
                             }
-                            _ => {
-                                c.value()?;
-                            }
+                            _ => c.skip()?,
                         }
                         Ok(())
                     })?;
@@ -639,9 +676,7 @@ fn anthropic_fast(
                 once(&mut seen, bit)?;
                 null_only(c)?;
             }
-            _ => {
-                c.value()?;
-            }
+            _ => c.skip()?,
         }
         Ok(())
     })?;
@@ -650,15 +685,24 @@ fn anthropic_fast(
         b"content_block_delta" if delta_kind == Some(&b"text_delta"[..]) => {
             let text = text_opt(delta_text)?;
             rec.text(text, at);
+            Ok(Fast {
+                repeatable: true,
+                text: delta_text,
+            })
         }
-        b"message_stop" => rec.complete = true,
-        b"message_start" | b"message_delta" | b"error" | b"message" => return Err(Bail),
-        _ => {}
+        b"message_stop" => {
+            rec.complete = true;
+            Ok(Fast::ONCE)
+        }
+        b"message_start" | b"message_delta" | b"error" | b"message" => Err(Bail),
+        _ => Ok(Fast {
+            repeatable: true,
+            text: None,
+        }),
     }
-    Ok(())
 }
 
-fn ollama_fast(mut c: Cursor<'_>, rec: &mut Record, at: Instant) -> Walk<()> {
+fn ollama_fast<'a>(c: &mut Cursor<'a>, rec: &mut Record, at: Instant) -> Walk<Fast<'a>> {
     let mut seen = 0;
     let (mut model, mut content, mut response, mut done_reason, mut error) =
         (None, None, None, None, None);
@@ -697,15 +741,14 @@ fn ollama_fast(mut c: Cursor<'_>, rec: &mut Record, at: Instant) -> Walk<()> {
                 once(&mut seen, 128)?;
                 error = raw_opt(c)?;
             }
-            _ => {
-                c.value()?;
-            }
+            _ => c.skip()?,
         }
         Ok(())
     })?;
     c.finish()?;
     let model = model_text(model, rec)?;
-    let text = text_opt(content.or(response))?;
+    let raw_text = content.or(response);
+    let text = text_opt(raw_text)?;
     let done_reason = text_opt(done_reason)?;
     let error = text_opt(error)?;
     rec.model(model);
@@ -717,7 +760,14 @@ fn ollama_fast(mut c: Cursor<'_>, rec: &mut Record, at: Instant) -> Walk<()> {
     if done == Some(true) {
         rec.complete = true;
     }
-    Ok(())
+    Ok(Fast {
+        repeatable: done != Some(true)
+            && error.is_none()
+            && prompt_eval_count.is_none()
+            && eval_count.is_none()
+            && !done_reason.is_some_and(|r| r.starts_with('"')),
+        text: raw_text,
+    })
 }
 
 /// Read a whole unstreamed answer of `dialect` (or an error body).

@@ -24,6 +24,8 @@ pub(crate) const MAX_DEPTH: u32 = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Raw<'a> {
     pub(crate) bytes: &'a [u8],
+    /// Where the value starts in the text walked.
+    pub(crate) at: usize,
     /// Known to be ASCII (so valid UTF-8). False means "not known", not "not ASCII".
     pub(crate) ascii: bool,
 }
@@ -52,7 +54,15 @@ impl<'a> Raw<'a> {
         let inner = self.bytes.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
         (!inner.contains(&b'\\')).then_some(inner)
     }
+
+    fn span(self) -> (u32, u32) {
+        // Texts walked are bounded far below 4 GiB (templates by MAX_TEMPLATE).
+        (self.at as u32, (self.at + self.bytes.len()) as u32)
+    }
 }
+
+/// The most values of skipped fields a cursor notes (see [`Cursor::skip`]).
+pub(crate) const MAX_SPANS: usize = 32;
 
 /// Walks one JSON text. See the [module docs](self).
 #[derive(Debug, Clone)]
@@ -63,6 +73,12 @@ pub(crate) struct Cursor<'a> {
     /// CR and LF are not whitespace here: the text is one line of an event stream, and a line
     /// end means the event's data has more lines (read it the slow way).
     one_line: bool,
+    /// Inside a [`Cursor::skip`]: note where scalars are.
+    skipping: u32,
+    /// Where the scalars of skipped values are, in order (the first MAX_SPANS).
+    spans: [(u32, u32); MAX_SPANS],
+    spans_len: usize,
+    spans_over: bool,
 }
 
 const ONES: u64 = u64::MAX / 255;
@@ -76,6 +92,10 @@ impl<'a> Cursor<'a> {
             at: 0,
             depth: 0,
             one_line: false,
+            skipping: 0,
+            spans: [(0, 0); MAX_SPANS],
+            spans_len: 0,
+            spans_over: false,
         }
     }
 
@@ -85,6 +105,12 @@ impl<'a> Cursor<'a> {
             one_line: true,
             ..Cursor::new(bytes)
         }
+    }
+
+    /// Where the scalars of the values walked by [`Cursor::skip`] are, in order; `None` when
+    /// there were more than [`MAX_SPANS`].
+    pub(crate) fn skipped_scalars(&self) -> Option<&[(u32, u32)]> {
+        (!self.spans_over).then(|| &self.spans[..self.spans_len])
     }
 
     #[inline]
@@ -127,105 +153,83 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    /// The next value, whatever it is, walked and validated, when nobody reads it: as
+    /// [`Cursor::value`], noting where its scalars are (see [`Cursor::skipped_scalars`]).
+    pub(crate) fn skip(&mut self) -> Walk<()> {
+        self.skipping += 1;
+        let walked = self.value();
+        self.skipping -= 1;
+        walked.map(|_| ())
+    }
+
     /// The next value, whatever it is, walked and validated.
     pub(crate) fn value(&mut self) -> Walk<Raw<'a>> {
         let first = self.peek()?;
         let start = self.at;
-        let ascii = match first {
-            b'"' => return self.string(),
+        let (end, ascii) = match first {
+            b'"' => scan_string(self.bytes, start)?,
             b'{' => {
                 self.members(|c, _| c.value().map(|_| ()))?;
-                false
+                (self.at, false)
             }
             b'[' => {
                 self.elements(|c| c.value().map(|_| ()))?;
-                false
+                (self.at, false)
             }
-            b't' => self.literal(b"true")?,
-            b'f' => self.literal(b"false")?,
-            b'n' => self.literal(b"null")?,
-            b'-' | b'0'..=b'9' => self.number()?,
-            _ => return Err(Bail),
+            _ => (scan_scalar(self.bytes, start)?, true),
         };
+        self.at = end;
+        if self.skipping > 0 && !matches!(first, b'{' | b'[') {
+            if self.spans_len < MAX_SPANS {
+                self.spans[self.spans_len] = (start as u32, end as u32);
+                self.spans_len += 1;
+            } else {
+                self.spans_over = true;
+            }
+        }
         Ok(Raw {
-            bytes: &self.bytes[start..self.at],
+            bytes: &self.bytes[start..end],
+            at: start,
             ascii,
         })
-    }
-
-    fn literal(&mut self, word: &[u8]) -> Walk<bool> {
-        if self.bytes[self.at..].starts_with(word) {
-            self.at += word.len();
-            Ok(true)
-        } else {
-            Err(Bail)
-        }
-    }
-
-    fn digits(&mut self) -> usize {
-        let start = self.at;
-        while matches!(self.bytes.get(self.at), Some(b'0'..=b'9')) {
-            self.at += 1;
-        }
-        self.at - start
-    }
-
-    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
-    fn number(&mut self) -> Walk<bool> {
-        if self.bytes.get(self.at) == Some(&b'-') {
-            self.at += 1;
-        }
-        match self.bytes.get(self.at) {
-            Some(b'0') => self.at += 1,
-            Some(b'1'..=b'9') => {
-                self.digits();
-            }
-            _ => return Err(Bail),
-        }
-        if self.bytes.get(self.at) == Some(&b'.') {
-            self.at += 1;
-            if self.digits() == 0 {
-                return Err(Bail);
-            }
-        }
-        if matches!(self.bytes.get(self.at), Some(b'e' | b'E')) {
-            self.at += 1;
-            if matches!(self.bytes.get(self.at), Some(b'+' | b'-')) {
-                self.at += 1;
-            }
-            if self.digits() == 0 {
-                return Err(Bail);
-            }
-        }
-        Ok(true)
     }
 
     /// The next value as an unsigned integer (digits only, no fraction or exponent, fits a
     /// `u64`), or `None` for `null`.
     pub(crate) fn u64_or_null(&mut self) -> Walk<Option<u64>> {
         match self.peek()? {
-            b'n' => {
-                self.literal(b"null")?;
-                Ok(None)
-            }
+            b'n' => self.literal(b"null").map(|_| None),
             b'0'..=b'9' => {
-                let start = self.at;
-                let len = self.digits();
-                if matches!(self.bytes.get(self.at), Some(b'.' | b'e' | b'E'))
-                    || (len > 1 && self.bytes[start] == b'0')
+                let mut end = self.at;
+                while matches!(self.bytes.get(end), Some(b'0'..=b'9')) {
+                    end += 1;
+                }
+                let digits = &self.bytes[self.at..end];
+                if matches!(self.bytes.get(end), Some(b'.' | b'e' | b'E'))
+                    || (digits.len() > 1 && digits[0] == b'0')
                 {
                     return Err(Bail);
                 }
                 let mut n: u64 = 0;
-                for &d in &self.bytes[start..self.at] {
+                for &d in digits {
                     n = n
                         .checked_mul(10)
                         .and_then(|n| n.checked_add(u64::from(d - b'0')))
                         .ok_or(Bail)?;
                 }
+                self.at = end;
                 Ok(Some(n))
             }
             _ => Err(Bail),
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Walk<()> {
+        if self.bytes[self.at..].starts_with(word) {
+            self.at += word.len();
+            Ok(())
+        } else {
+            Err(Bail)
         }
     }
 
@@ -242,81 +246,9 @@ impl<'a> Cursor<'a> {
     /// Consume a `null` if it is next.
     pub(crate) fn null(&mut self) -> Walk<bool> {
         if self.peek()? == b'n' {
-            self.literal(b"null")
+            self.literal(b"null").map(|_| true)
         } else {
             Ok(false)
-        }
-    }
-
-    /// Index of the first `"`, `\` or control byte at or after `at`, and whether the bytes
-    /// scanned were all ASCII (false can also mean "not known").
-    #[inline]
-    fn string_stop(&self, mut at: usize) -> (usize, bool) {
-        let bytes = self.bytes;
-        let mut high = 0u64;
-        while let Some(chunk) = bytes.get(at..at + 8) {
-            let Ok(word) = <[u8; 8]>::try_from(chunk) else {
-                break;
-            };
-            let w = u64::from_le_bytes(word);
-            // Each test sets a byte's high bit when that byte matches (exactly for the lowest
-            // match; a borrow can only add false matches above a true one).
-            let control = w.wrapping_sub(ONES * 0x20) & !w;
-            let q = w ^ (ONES * u64::from(b'"'));
-            let quote = q.wrapping_sub(ONES) & !q;
-            let s = w ^ (ONES * u64::from(b'\\'));
-            let slash = s.wrapping_sub(ONES) & !s;
-            let hit = (control | quote | slash) & HIGH;
-            if hit != 0 {
-                let n = (hit.trailing_zeros() / 8) as usize;
-                // The bytes before the hit, as a mask of their high bits.
-                let before = HIGH & ((1u64 << (n * 8)).wrapping_sub(1));
-                high |= w & before;
-                return (at + n, high == 0);
-            }
-            high |= w & HIGH;
-            at += 8;
-        }
-        while let Some(&b) = bytes.get(at) {
-            if b == b'"' || b == b'\\' || b < 0x20 {
-                break;
-            }
-            high |= u64::from(b & 0x80);
-            at += 1;
-        }
-        (at, high == 0)
-    }
-
-    /// The string that starts here (at its `"`), validated as `serde_json` validates a string
-    /// it skips: no control bytes, only the escapes JSON has.
-    fn string(&mut self) -> Walk<Raw<'a>> {
-        let start = self.at;
-        let mut at = start + 1;
-        let mut ascii = true;
-        loop {
-            let (stop, plain) = self.string_stop(at);
-            ascii &= plain;
-            match self.bytes.get(stop) {
-                Some(b'"') => {
-                    self.at = stop + 1;
-                    return Ok(Raw {
-                        bytes: &self.bytes[start..self.at],
-                        ascii,
-                    });
-                }
-                Some(b'\\') => match self.bytes.get(stop + 1) {
-                    Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => at = stop + 2,
-                    Some(b'u') => {
-                        let hex = self.bytes.get(stop + 2..stop + 6).ok_or(Bail)?;
-                        if !hex.iter().all(u8::is_ascii_hexdigit) {
-                            return Err(Bail);
-                        }
-                        at = stop + 6;
-                    }
-                    _ => return Err(Bail),
-                },
-                _ => return Err(Bail),
-            }
         }
     }
 
@@ -324,7 +256,7 @@ impl<'a> Cursor<'a> {
     /// it too.
     fn key(&mut self) -> Walk<&'a [u8]> {
         let start = self.at + 1;
-        let (stop, ascii) = self.string_stop(start);
+        let (stop, ascii) = string_stop(self.bytes, start);
         if !ascii || self.bytes.get(stop) != Some(&b'"') {
             return Err(Bail);
         }
@@ -396,6 +328,281 @@ impl<'a> Cursor<'a> {
                 _ => return Err(Bail),
             }
         }
+    }
+}
+
+/// Index of the first `"`, `\` or control byte at or after `at`, and whether the bytes
+/// scanned were all ASCII.
+#[inline]
+fn string_stop(bytes: &[u8], mut at: usize) -> (usize, bool) {
+    let mut high = 0u64;
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        let Ok(word) = <[u8; 8]>::try_from(chunk) else {
+            break;
+        };
+        let w = u64::from_le_bytes(word);
+        // Each test sets a byte's high bit when that byte matches (exactly for the lowest
+        // match; a borrow can only add false matches above a true one).
+        let control = w.wrapping_sub(ONES * 0x20) & !w;
+        let q = w ^ (ONES * u64::from(b'"'));
+        let quote = q.wrapping_sub(ONES) & !q;
+        let s = w ^ (ONES * u64::from(b'\\'));
+        let slash = s.wrapping_sub(ONES) & !s;
+        let hit = (control | quote | slash) & HIGH;
+        if hit != 0 {
+            let n = (hit.trailing_zeros() / 8) as usize;
+            // The bytes before the hit, as a mask of their high bits.
+            let before = HIGH & ((1u64 << (n * 8)).wrapping_sub(1));
+            high |= w & before;
+            return (at + n, high == 0);
+        }
+        high |= w & HIGH;
+        at += 8;
+    }
+    while let Some(&b) = bytes.get(at) {
+        if b == b'"' || b == b'\\' || b < 0x20 {
+            break;
+        }
+        high |= u64::from(b & 0x80);
+        at += 1;
+    }
+    (at, high == 0)
+}
+
+/// The string that starts at `start` (at its `"`), validated as `serde_json` validates a
+/// string it skips (no control bytes, only the escapes JSON has): where it ends, and whether
+/// it is ASCII.
+fn scan_string(bytes: &[u8], start: usize) -> Walk<(usize, bool)> {
+    let mut at = start + 1;
+    let mut ascii = true;
+    loop {
+        let (stop, plain) = string_stop(bytes, at);
+        ascii &= plain;
+        match bytes.get(stop) {
+            Some(b'"') => return Ok((stop + 1, ascii)),
+            Some(b'\\') => match bytes.get(stop + 1) {
+                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => at = stop + 2,
+                Some(b'u') => {
+                    let hex = bytes.get(stop + 2..stop + 6).ok_or(Bail)?;
+                    if !hex.iter().all(u8::is_ascii_hexdigit) {
+                        return Err(Bail);
+                    }
+                    at = stop + 6;
+                }
+                _ => return Err(Bail),
+            },
+            _ => return Err(Bail),
+        }
+    }
+}
+
+fn digits(bytes: &[u8], mut at: usize) -> usize {
+    while matches!(bytes.get(at), Some(b'0'..=b'9')) {
+        at += 1;
+    }
+    at
+}
+
+/// The number or literal (`true`, `false`, `null`) that starts at `start`: where it ends.
+/// Numbers as JSON has them: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+fn scan_scalar(bytes: &[u8], start: usize) -> Walk<usize> {
+    let rest = &bytes[start..];
+    for word in [&b"true"[..], b"false", b"null"] {
+        if rest.starts_with(word) {
+            return Ok(start + word.len());
+        }
+    }
+    let mut at = start;
+    if bytes.get(at) == Some(&b'-') {
+        at += 1;
+    }
+    at = match bytes.get(at) {
+        Some(b'0') => at + 1,
+        Some(b'1'..=b'9') => digits(bytes, at + 1),
+        _ => return Err(Bail),
+    };
+    if bytes.get(at) == Some(&b'.') {
+        let end = digits(bytes, at + 1);
+        if end == at + 1 {
+            return Err(Bail);
+        }
+        at = end;
+    }
+    if matches!(bytes.get(at), Some(b'e' | b'E')) {
+        at += 1;
+        if matches!(bytes.get(at), Some(b'+' | b'-')) {
+            at += 1;
+        }
+        let end = digits(bytes, at);
+        if end == at {
+            return Err(Bail);
+        }
+        at = end;
+    }
+    Ok(at)
+}
+
+/// The largest payload kept as a [`Template`]: 4 KiB.
+pub(crate) const MAX_TEMPLATE: usize = 4 << 10;
+
+/// The bytes of a payload already read, to recognise the next ones that differ from it only in
+/// a few scalar values: a token stream's events repeat each other but for the text (and maybe
+/// a sequence number or a timestamp).
+///
+/// A template is learnt from a payload whose only effect on a record that already holds it is
+/// its text (a token delta, or an event that changes nothing). Its slots are the scalar values
+/// of skipped fields and the text; the variable ones are the text and those seen to change
+/// between two payloads of the same shape. A payload matches when, slot by variable slot, the
+/// bytes between are the template's and each variable slot holds a valid scalar of the same
+/// kind (a string where the template has a string): it then has the template's structure,
+/// keys and read values exactly, so reading it means appending its text and nothing else.
+#[derive(Debug, Default)]
+pub(crate) struct Template {
+    /// The payload learnt from; empty when there is none yet.
+    bytes: Vec<u8>,
+    /// Its SSE event name (`None`: it had none).
+    event: Option<Vec<u8>>,
+    one_line: bool,
+    /// Where its slots are, in order (at most MAX_SPANS + 1).
+    slots: Vec<(u32, u32)>,
+    text_slot: Option<usize>,
+    /// Bit `i`: slot `i` is variable.
+    variable: u64,
+}
+
+impl Template {
+    /// When `data` (with SSE event name `event`, walked in one-line mode or not) matches: the
+    /// raw text in it, if the template has a text slot. `None`: no match.
+    pub(crate) fn matches<'a>(
+        &self,
+        event: Option<&[u8]>,
+        data: &'a [u8],
+        one_line: bool,
+    ) -> Option<Option<Raw<'a>>> {
+        if self.bytes.is_empty() || self.one_line != one_line || self.event.as_deref() != event {
+            return None;
+        }
+        let t = self.bytes.as_slice();
+        let (mut pt, mut pd) = (0usize, 0usize);
+        let mut text = None;
+        let mut variable = self.variable;
+        while variable != 0 {
+            let i = variable.trailing_zeros() as usize;
+            variable &= variable - 1;
+            let (a, b) = self.slots[i];
+            let (a, b) = (a as usize, b as usize);
+            let segment = &t[pt..a];
+            if data.get(pd..pd + segment.len())? != segment {
+                return None;
+            }
+            pd += segment.len();
+            let first = *data.get(pd)?;
+            let end = match (t[a], first) {
+                (b'"', b'"') => scan_string(data, pd).ok()?.0,
+                (b'"', _) | (_, b'"' | b'{' | b'[') => return None,
+                _ => scan_scalar(data, pd).ok()?,
+            };
+            if Some(i) == self.text_slot {
+                text = Some(Raw {
+                    bytes: &data[pd..end],
+                    at: pd,
+                    ascii: false,
+                });
+            }
+            pd = end;
+            pt = b;
+        }
+        (data.get(pd..)? == &t[pt..]).then_some(text)
+    }
+
+    /// Learn from `data`, a payload just read whose only effect on a record holding it is its
+    /// text `text` (see the type docs); `skipped` are the scalars of its skipped values
+    /// ([`Cursor::skipped_scalars`]).
+    pub(crate) fn learn(
+        &mut self,
+        event: Option<&[u8]>,
+        data: &[u8],
+        one_line: bool,
+        skipped: Option<&[(u32, u32)]>,
+        text: Option<Raw<'_>>,
+    ) {
+        let Some(skipped) = skipped else { return };
+        if data.len() > MAX_TEMPLATE {
+            return;
+        }
+        let text = text
+            .filter(|t| t.bytes.first() == Some(&b'"'))
+            .map(Raw::span);
+        // The new slots: the skipped scalars and the text, in order.
+        let mut slots = [(0u32, 0u32); MAX_SPANS + 1];
+        let mut n = 0;
+        let mut text_slot = None;
+        for &span in skipped {
+            if let Some(t) = text.filter(|t| text_slot.is_none() && t.0 < span.0) {
+                text_slot = Some(n);
+                slots[n] = t;
+                n += 1;
+            }
+            slots[n] = span;
+            n += 1;
+        }
+        if let Some(t) = text.filter(|_| text_slot.is_none()) {
+            text_slot = Some(n);
+            slots[n] = t;
+            n += 1;
+        }
+        let slots = &slots[..n];
+        let mut variable = text_slot.map_or(0, |i| 1u64 << i);
+        if self.same_shape(event, data, one_line, slots, text_slot) {
+            for (i, (&(a, b), &(c, d))) in self.slots.iter().zip(slots).enumerate() {
+                if self.bytes[a as usize..b as usize] != data[c as usize..d as usize] {
+                    variable |= 1 << i;
+                }
+            }
+            variable |= self.variable;
+        }
+        self.bytes.clear();
+        self.bytes.extend_from_slice(data);
+        match (event, &mut self.event) {
+            (Some(e), Some(kept)) => {
+                kept.clear();
+                kept.extend_from_slice(e);
+            }
+            (e, kept) => *kept = e.map(<[u8]>::to_vec),
+        }
+        self.one_line = one_line;
+        self.slots.clear();
+        self.slots.extend_from_slice(slots);
+        self.text_slot = text_slot;
+        self.variable = variable;
+    }
+
+    /// `data` with `slots` has the template's shape: the same bytes between all slots.
+    fn same_shape(
+        &self,
+        event: Option<&[u8]>,
+        data: &[u8],
+        one_line: bool,
+        slots: &[(u32, u32)],
+        text_slot: Option<usize>,
+    ) -> bool {
+        if self.bytes.is_empty()
+            || self.one_line != one_line
+            || self.event.as_deref() != event
+            || self.slots.len() != slots.len()
+            || self.text_slot != text_slot
+        {
+            return false;
+        }
+        let (mut pt, mut pd) = (0usize, 0usize);
+        for (&(a, b), &(c, d)) in self.slots.iter().zip(slots) {
+            if self.bytes[pt..a as usize] != data[pd..c as usize] {
+                return false;
+            }
+            pt = b as usize;
+            pd = d as usize;
+        }
+        self.bytes[pt..] == data[pd..]
     }
 }
 
@@ -519,8 +726,7 @@ mod tests {
         ) {
             let mut text = vec![b'"'];
             text.extend_from_slice(&body);
-            let c = Cursor::new(&text);
-            let (stop, ascii) = c.string_stop(1);
+            let (stop, ascii) = string_stop(&text, 1);
             let want = body.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)
                 .map_or(text.len(), |p| p + 1);
             proptest::prop_assert_eq!(stop, want);

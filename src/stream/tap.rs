@@ -55,7 +55,7 @@ use crate::stream::dialect::{
     read_document, read_event, read_event_fast, read_unknown, Dialect, Read, Record, StreamError,
     Usage,
 };
-use crate::stream::json::Cursor;
+use crate::stream::json::Template;
 
 /// The most capacity the partial-event buffer keeps for reuse between events: 64 KiB.
 const KEEP_CAPACITY: usize = 64 << 10;
@@ -182,6 +182,8 @@ struct Reader {
     record: Record,
     /// Where several `data` lines of one event are joined.
     scratch: Vec<u8>,
+    /// The last token event, to read the next ones by comparison.
+    template: Template,
     events: u64,
     skipped: u64,
 }
@@ -196,6 +198,7 @@ impl Reader {
                     dialect,
                     record,
                     scratch,
+                    template,
                     ..
                 } = self;
                 if let (Some(d), Some((event, data))) = (*dialect, one_data_line(unit)) {
@@ -203,7 +206,8 @@ impl Reader {
                         record.complete = true;
                         return;
                     }
-                    if read_event_fast(d, event, Cursor::one_line(data), record, at).is_ok() {
+                    let fast = read_event_fast(d, event, data, true, Some(template), record, at);
+                    if fast.is_ok() {
                         return;
                     }
                 }
@@ -217,6 +221,12 @@ impl Reader {
             }
             StreamFormat::JsonLines => {
                 let line = unit.trim_ascii();
+                if let Some(d) = self.dialect.filter(|_| !line.is_empty()) {
+                    let (rec, template) = (&mut self.record, Some(&mut self.template));
+                    if read_event_fast(d, None, line, false, template, rec, at).is_ok() {
+                        return;
+                    }
+                }
                 if !line.is_empty() {
                     payload(&mut self.dialect, None, line, &mut self.record, at);
                 }
@@ -321,6 +331,7 @@ impl Tap {
                 dialect: Dialect::from_path(path),
                 record: Record::new(limits.max_text),
                 scratch: Vec::new(),
+                template: Template::default(),
                 events: 0,
                 skipped: 0,
             },
