@@ -31,7 +31,7 @@ use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::stream::json::{once, Bail, Cursor, Raw, Template, Walk};
+use crate::stream::json::{once, Bail, Cursor, Raw, Slot, Template, Walk};
 
 /// An LLM API whose answers chunkgate reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -199,6 +199,22 @@ impl Record {
         }
     }
 
+    /// As [`Record::text`], for a JSON string `raw` known to be ASCII without escapes.
+    fn plain_text(&mut self, raw: &[u8], at: Instant) {
+        let inner = raw.get(1..raw.len().saturating_sub(1)).unwrap_or_default();
+        if inner.is_empty() {
+            return;
+        }
+        if self.first_token_at.is_none() {
+            self.first_token_at = Some(at);
+        }
+        let room = self.max_text.saturating_sub(self.text.len());
+        let kept = &inner[..inner.len().min(room)];
+        self.truncated |= kept.len() < inner.len();
+        // ASCII: each byte is a character.
+        self.text.extend(kept.iter().map(|&b| char::from(b)));
+    }
+
     fn model(&mut self, raw: Option<&str>) {
         if self.model.is_empty() {
             set_json_str(raw, &mut self.model);
@@ -351,12 +367,17 @@ pub(crate) fn read_event_fast(
     rec: &mut Record,
     at: Instant,
 ) -> Walk<()> {
-    if let Some(text) = template
+    if let Some(slot) = template
         .as_deref()
         .and_then(|t| t.matches(event, data, one_line))
     {
-        let text = text_opt(text)?;
-        rec.text(text, at);
+        match slot {
+            Some(Slot { raw, plain: true }) => rec.plain_text(raw.bytes, at),
+            slot => {
+                let text = text_opt(slot.map(|s| s.raw))?;
+                rec.text(text, at);
+            }
+        }
         return Ok(());
     }
     let mut cursor = if one_line {

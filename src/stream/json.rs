@@ -167,7 +167,10 @@ impl<'a> Cursor<'a> {
         let first = self.peek()?;
         let start = self.at;
         let (end, ascii) = match first {
-            b'"' => scan_string(self.bytes, start)?,
+            b'"' => {
+                let s = scan_string(self.bytes, start)?;
+                (s.end, s.ascii)
+            }
             b'{' => {
                 self.members(|c, _| c.value().map(|_| ()))?;
                 (self.at, false)
@@ -372,14 +375,21 @@ fn string_stop(bytes: &[u8], mut at: usize) -> (usize, bool) {
 /// The string that starts at `start` (at its `"`), validated as `serde_json` validates a
 /// string it skips (no control bytes, only the escapes JSON has): where it ends, and whether
 /// it is ASCII.
-fn scan_string(bytes: &[u8], start: usize) -> Walk<(usize, bool)> {
+fn scan_string(bytes: &[u8], start: usize) -> Walk<Scanned> {
     let mut at = start + 1;
     let mut ascii = true;
+    let mut escaped = false;
     loop {
         let (stop, plain) = string_stop(bytes, at);
         ascii &= plain;
         match bytes.get(stop) {
-            Some(b'"') => return Ok((stop + 1, ascii)),
+            Some(b'"') => {
+                return Ok(Scanned {
+                    end: stop + 1,
+                    ascii,
+                    plain: ascii && !escaped,
+                })
+            }
             Some(b'\\') => match bytes.get(stop + 1) {
                 Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => at = stop + 2,
                 Some(b'u') => {
@@ -393,7 +403,16 @@ fn scan_string(bytes: &[u8], start: usize) -> Walk<(usize, bool)> {
             },
             _ => return Err(Bail),
         }
+        escaped = true;
     }
+}
+
+/// Where a string ends, and what it holds.
+struct Scanned {
+    end: usize,
+    ascii: bool,
+    /// ASCII without escapes: its bytes between the quotes are its text.
+    plain: bool,
 }
 
 fn digits(bytes: &[u8], mut at: usize) -> usize {
@@ -442,6 +461,15 @@ fn scan_scalar(bytes: &[u8], start: usize) -> Walk<usize> {
     Ok(at)
 }
 
+/// The text found in a payload that matched a [`Template`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Slot<'a> {
+    /// The JSON string.
+    pub(crate) raw: Raw<'a>,
+    /// ASCII without escapes: the bytes between its quotes are its text.
+    pub(crate) plain: bool,
+}
+
 /// The largest payload kept as a [`Template`]: 4 KiB.
 pub(crate) const MAX_TEMPLATE: usize = 4 << 10;
 
@@ -478,7 +506,7 @@ impl Template {
         event: Option<&[u8]>,
         data: &'a [u8],
         one_line: bool,
-    ) -> Option<Option<Raw<'a>>> {
+    ) -> Option<Option<Slot<'a>>> {
         if self.bytes.is_empty() || self.one_line != one_line || self.event.as_deref() != event {
             return None;
         }
@@ -497,16 +525,22 @@ impl Template {
             }
             pd += segment.len();
             let first = *data.get(pd)?;
-            let end = match (t[a], first) {
-                (b'"', b'"') => scan_string(data, pd).ok()?.0,
+            let (end, ascii, plain) = match (t[a], first) {
+                (b'"', b'"') => {
+                    let s = scan_string(data, pd).ok()?;
+                    (s.end, s.ascii, s.plain)
+                }
                 (b'"', _) | (_, b'"' | b'{' | b'[') => return None,
-                _ => scan_scalar(data, pd).ok()?,
+                _ => (scan_scalar(data, pd).ok()?, true, false),
             };
             if Some(i) == self.text_slot {
-                text = Some(Raw {
-                    bytes: &data[pd..end],
-                    at: pd,
-                    ascii: false,
+                text = Some(Slot {
+                    raw: Raw {
+                        bytes: &data[pd..end],
+                        at: pd,
+                        ascii,
+                    },
+                    plain,
                 });
             }
             pd = end;
