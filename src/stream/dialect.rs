@@ -151,7 +151,7 @@ pub struct StreamError {
 pub const MAX_SHORT_TEXT: usize = 4 << 10;
 
 /// What was read from one answer so far. Filled by [`read_event`] and [`read_document`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Record {
     pub(crate) model: String,
     pub(crate) text: String,
@@ -1586,5 +1586,299 @@ mod tests {
                 message: Some("slow down".into())
             })
         );
+    }
+
+    /// JSON text of `v` as an upstream might write it: keys in an order `pick` chooses,
+    /// whitespace between tokens, and strings escaped in every way JSON allows.
+    fn render(v: &serde_json::Value, pick: &mut impl FnMut() -> u8, out: &mut String) {
+        use serde_json::Value;
+        let ws = |pick: &mut dyn FnMut() -> u8, out: &mut String| {
+            out.push_str(["", "", "", " ", "\t", "\n", " \r\n "][usize::from(pick()) % 7]);
+        };
+        ws(pick, out);
+        match v {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                for i in (1..keys.len()).rev() {
+                    keys.swap(i, usize::from(pick()) % (i + 1));
+                }
+                out.push('{');
+                for (n, k) in keys.iter().enumerate() {
+                    if n > 0 {
+                        out.push(',');
+                    }
+                    ws(pick, out);
+                    out.push_str(&serde_json::to_string(k).unwrap());
+                    ws(pick, out);
+                    out.push(':');
+                    render(&map[*k], pick, out);
+                }
+                ws(pick, out);
+                out.push('}');
+            }
+            Value::Array(items) => {
+                out.push('[');
+                for (n, item) in items.iter().enumerate() {
+                    if n > 0 {
+                        out.push(',');
+                    }
+                    render(item, pick, out);
+                }
+                ws(pick, out);
+                out.push(']');
+            }
+            Value::String(text) => {
+                out.push('"');
+                for c in text.chars() {
+                    match (c, pick() % 4) {
+                        ('"', _) => out.push_str("\\\""),
+                        ('\\', _) => out.push_str("\\\\"),
+                        ('\n', 0) => out.push_str("\\n"),
+                        ('\t', 0) => out.push_str("\\t"),
+                        ('/', 0) => out.push_str("\\/"),
+                        (c, 1) | (c @ '\0'..='\u{1f}', _) => {
+                            let mut units = [0u16; 2];
+                            for u in c.encode_utf16(&mut units) {
+                                out.push_str(&format!("\\u{u:04x}"));
+                            }
+                        }
+                        (c, _) => out.push(c),
+                    }
+                }
+                out.push('"');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+        ws(pick, out);
+    }
+
+    /// The `n`th event of a generated answer of `dialect`: mostly text deltas, with the other
+    /// events each dialect sends (usage-only chunks, finish, pings, errors, unknown types).
+    fn generated_event(
+        dialect: Dialect,
+        n: usize,
+        kind: u8,
+        text: &str,
+    ) -> (Option<&'static str>, serde_json::Value) {
+        use serde_json::json;
+        let seq = n as u64;
+        match dialect {
+            Dialect::OpenAiChat | Dialect::OpenAiCompletions => {
+                let choice = if dialect == Dialect::OpenAiChat {
+                    json!({"index": 0, "delta": {"content": text}, "logprobs": null, "finish_reason": null})
+                } else {
+                    json!({"index": 0, "text": text, "logprobs": null, "finish_reason": null})
+                };
+                let base = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1741569952 + seq % 2, "model": "gpt-4o", "system_fingerprint": "fp_1", "choices": [choice], "usage": null});
+                let mut v = base;
+                match kind % 8 {
+                    0 => v["choices"] = json!([]),
+                    1 => {
+                        v["choices"] = json!([]);
+                        v["usage"] = json!({"prompt_tokens": 3, "completion_tokens": seq, "total_tokens": 3 + seq, "prompt_tokens_details": {"cached_tokens": 1}});
+                    }
+                    2 => v["choices"][0]["finish_reason"] = json!("stop"),
+                    3 => v["error"] = json!({"message": text, "type": "server_error"}),
+                    4 => {
+                        v["choices"] = json!([{"index": 1, "delta": {"content": "other"}}, v["choices"][0].clone()]);
+                    }
+                    5 => {
+                        v.as_object_mut().unwrap().remove("usage");
+                        v["model"] = json!(format!("m-{text}"));
+                    }
+                    _ => {}
+                }
+                (None, v)
+            }
+            Dialect::AnthropicMessages => match kind % 8 {
+                0 => (
+                    Some("message_start"),
+                    json!({"type": "message_start", "message": {"model": "claude", "stop_reason": null, "usage": {"input_tokens": 5, "cache_read_input_tokens": seq, "output_tokens": 1}}}),
+                ),
+                1 => (Some("ping"), json!({"type": "ping"})),
+                2 => (
+                    Some("message_delta"),
+                    json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": seq}}),
+                ),
+                3 => (
+                    Some("error"),
+                    json!({"type": "error", "error": {"type": "overloaded_error", "message": text}}),
+                ),
+                4 => (
+                    Some("content_block_delta"),
+                    json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": text}}),
+                ),
+                5 => (Some("message_stop"), json!({"type": "message_stop"})),
+                6 => (
+                    Some("content_block_delta"),
+                    json!({"index": 0, "delta": {"type": "text_delta", "text": text}}),
+                ),
+                _ => (
+                    Some("content_block_delta"),
+                    json!({"type": "content_block_delta", "index": seq % 2, "delta": {"type": "text_delta", "text": text}}),
+                ),
+            },
+            Dialect::OpenAiResponses => match kind % 8 {
+                0 => (
+                    Some("response.created"),
+                    json!({"type": "response.created", "sequence_number": seq, "response": {"model": "gpt-4.1", "status": "in_progress", "usage": null}}),
+                ),
+                1 => (
+                    Some("response.completed"),
+                    json!({"type": "response.completed", "sequence_number": seq, "response": {"model": "gpt-4.1", "status": "completed", "usage": {"input_tokens": 3, "output_tokens": seq, "total_tokens": 3 + seq}}}),
+                ),
+                2 => (
+                    Some("error"),
+                    json!({"type": "error", "code": "ERR", "message": text, "param": null}),
+                ),
+                3 => (
+                    Some("response.unknown_kind"),
+                    json!({"type": "response.unknown_kind", "sequence_number": seq, "item": {"x": [1, 2]}}),
+                ),
+                4 => (
+                    Some("response.output_text.delta"),
+                    json!({"sequence_number": seq, "delta": text}),
+                ),
+                _ => (
+                    Some("response.output_text.delta"),
+                    json!({"type": "response.output_text.delta", "sequence_number": seq, "item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": text, "logprobs": [], "obfuscation": format!("ob{seq}")}),
+                ),
+            },
+            Dialect::OllamaChat | Dialect::OllamaGenerate => {
+                let mut v = if dialect == Dialect::OllamaChat {
+                    json!({"model": "llama3.2", "created_at": format!("2025-01-07T08:52:{seq:02}Z"), "message": {"role": "assistant", "content": text}, "done": false})
+                } else {
+                    json!({"model": "qwen", "created_at": format!("2025-01-07T08:52:{seq:02}Z"), "response": text, "done": false})
+                };
+                match kind % 8 {
+                    0 => {
+                        v["done"] = json!(true);
+                        v["done_reason"] = json!("stop");
+                        v["prompt_eval_count"] = json!(26);
+                        v["eval_count"] = json!(seq);
+                    }
+                    1 => v = json!({"error": text}),
+                    2 => v["done"] = json!(null),
+                    _ => {}
+                }
+                (None, v)
+            }
+        }
+    }
+
+    fn text_strategy() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        proptest::collection::vec(
+            prop_oneof![
+                4 => proptest::char::range('a', 'z'),
+                1 => Just(' '),
+                1 => Just('"'),
+                1 => Just('\\'),
+                1 => Just('/'),
+                1 => Just('\n'),
+                1 => Just('\u{1}'),
+                1 => Just('é'),
+                1 => Just('안'),
+                1 => Just('😀'),
+                1 => any::<char>(),
+            ],
+            0..10,
+        )
+        .prop_map(|cs| cs.into_iter().collect())
+    }
+
+    proptest::proptest! {
+        /// The fast reading (template and walk) records exactly what serde's does, event after
+        /// event, whatever the key order, whitespace and escapes; and it is the one that reads
+        /// the text deltas.
+        #[test]
+        fn read_fast_equals_complete(
+            dialect in proptest::sample::select(vec![
+                Dialect::OpenAiChat, Dialect::OpenAiCompletions, Dialect::OpenAiResponses,
+                Dialect::AnthropicMessages, Dialect::OllamaChat, Dialect::OllamaGenerate,
+            ]),
+            events in proptest::collection::vec(
+                (proptest::prelude::any::<u8>(), text_strategy()), 1..24),
+            picks in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..64),
+            fixed_layout in proptest::prelude::any::<bool>(),
+            one_line in proptest::prelude::any::<bool>(),
+        ) {
+            let at = Instant::now();
+            let mut fast = Record::new(40);
+            let mut complete = Record::new(40);
+            let mut template = Template::default();
+            for (n, (kind, text)) in events.iter().enumerate() {
+                // Half the runs lay every event out alike (as upstreams do), so that the
+                // template matches; the others vary the layout event by event.
+                let mut i = if fixed_layout { 0 } else { n * 7 };
+                let mut pick = || {
+                    i += 1;
+                    picks[i % picks.len()]
+                };
+                let (event, value) = generated_event(dialect, n, *kind, text);
+                let mut data = String::new();
+                render(&value, &mut pick, &mut data);
+                let event = event.map(str::as_bytes);
+                let data = data.as_bytes();
+                let took = read_event_fast(dialect, event, data, one_line, Some(&mut template), &mut fast, at);
+                if took.is_err() {
+                    read_event_complete(dialect, event, data, &mut fast, at);
+                }
+                let invalid = complete.invalid;
+                read_event_complete(dialect, event, data, &mut complete, at);
+                // (serde refuses a `type` it cannot borrow: an escaped one.)
+                let understood = complete.invalid == invalid;
+                proptest::prop_assert_eq!(&fast, &complete, "after {}", String::from_utf8_lossy(data));
+                let is_delta = match dialect {
+                    Dialect::OpenAiChat | Dialect::OpenAiCompletions => kind % 8 >= 6,
+                    Dialect::AnthropicMessages => kind % 8 >= 6,
+                    Dialect::OpenAiResponses => kind % 8 >= 4,
+                    Dialect::OllamaChat | Dialect::OllamaGenerate => kind % 8 >= 2,
+                };
+                if is_delta && understood && (!one_line || !data.contains(&b'\n')) && !data.contains(&b'\r') {
+                    proptest::prop_assert!(took.is_ok(), "a text delta left to serde: {}", String::from_utf8_lossy(data));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn read_fast_template_takes_only_the_text() {
+        let at = Instant::now();
+        let mut rec = Record::new(1 << 10);
+        let mut template = Template::default();
+        let events: [&[u8]; 4] = [
+            br#"{"type":"response.output_text.delta","sequence_number":1,"delta":"a","obfuscation":"x"}"#,
+            br#"{"type":"response.output_text.delta","sequence_number":2,"delta":"b","obfuscation":"yy"}"#,
+            br#"{"type":"response.output_text.delta","sequence_number":3,"delta":"c\u00e9","obfuscation":"z"}"#,
+            br#"{"type":"response.output_text.delta","sequence_number":4,"delta":"d","obfuscation":"w"}"#,
+        ];
+        for e in events {
+            read_event_fast(
+                Dialect::OpenAiResponses,
+                None,
+                e,
+                true,
+                Some(&mut template),
+                &mut rec,
+                at,
+            )
+            .unwrap();
+        }
+        assert_eq!(rec.text, "abcéd");
+        // The last two matched the template learnt from the first two.
+        assert!(template.matches(None, events[3], true).is_some());
+        // Another shape, a read field changed, or a string where a number was: no match.
+        for other in [
+            &br#"{"type":"response.output_text.delta","sequence_number":4,"delta":"d","obfuscation":"w","x":1}"#[..],
+            br#"{"type":"response.output_text.done","sequence_number":4,"delta":"d","obfuscation":"w"}"#,
+            br#"{"type":"response.output_text.delta","sequence_number":"4","delta":"d","obfuscation":"w"}"#,
+            br#"{"type":"response.output_text.delta","sequence_number":4,"delta":5,"obfuscation":"w"}"#,
+            br#"{"type":"response.output_text.delta","sequence_number":4,"delta":"d\x","obfuscation":"w"}"#,
+            br#"{"type":"response.output_text.delta","sequence_number":4,"delta":"d","obfuscation":"w"} x"#,
+        ] {
+            assert!(template.matches(None, other, true).is_none(), "{}", String::from_utf8_lossy(other));
+            assert!(template.matches(Some(b"other"), events[3], true).is_none());
+        }
     }
 }

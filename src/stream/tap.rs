@@ -184,6 +184,8 @@ struct Reader {
     scratch: Vec<u8>,
     /// The last token event, to read the next ones by comparison.
     template: Template,
+    /// Read known dialects the fast way first (false only to test it against the other way).
+    fast: bool,
     events: u64,
     skipped: u64,
 }
@@ -199,9 +201,11 @@ impl Reader {
                     record,
                     scratch,
                     template,
+                    fast,
                     ..
                 } = self;
-                if let (Some(d), Some((event, data))) = (*dialect, one_data_line(unit)) {
+                let simple = if *fast { one_data_line(unit) } else { None };
+                if let (Some(d), Some((event, data))) = (*dialect, simple) {
                     if data == b"[DONE]" {
                         record.complete = true;
                         return;
@@ -221,7 +225,7 @@ impl Reader {
             }
             StreamFormat::JsonLines => {
                 let line = unit.trim_ascii();
-                if let Some(d) = self.dialect.filter(|_| !line.is_empty()) {
+                if let Some(d) = self.dialect.filter(|_| self.fast && !line.is_empty()) {
                     let (rec, template) = (&mut self.record, Some(&mut self.template));
                     if read_event_fast(d, None, line, false, template, rec, at).is_ok() {
                         return;
@@ -332,6 +336,7 @@ impl Tap {
                 record: Record::new(limits.max_text),
                 scratch: Vec::new(),
                 template: Template::default(),
+                fast: true,
                 events: 0,
                 skipped: 0,
             },
@@ -817,5 +822,74 @@ mod tests {
         );
         assert_eq!(tap.summary().events, 0);
         assert_eq!(tap.summary().model, None);
+    }
+
+    proptest::proptest! {
+        /// However events are laid out (an `event` line or not, `data:` with or without its
+        /// space, LF, CRLF or CR, data over several lines, comments, ids) and split into
+        /// writes, the fast reading gives the summary the complete one gives.
+        #[test]
+        fn tap_fast_equals_complete_for_any_layout(
+            layouts in proptest::collection::vec(0u8..=255, 1..30),
+            texts in proptest::collection::vec("(?s).{0,6}", 1..30),
+            cuts in proptest::collection::vec(proptest::prelude::any::<proptest::sample::Index>(), 0..8),
+            anthropic in proptest::prelude::any::<bool>(),
+        ) {
+            let (path, name) = if anthropic {
+                (&b"/v1/messages"[..], "content_block_delta")
+            } else {
+                (&b"/v1/chat/completions"[..], "x")
+            };
+            let mut wire = String::new();
+            for (i, text) in texts.iter().enumerate() {
+                let layout = layouts[i % layouts.len()];
+                let nl = ["\n", "\r\n", "\r"][usize::from(layout % 3)];
+                let payload = if anthropic {
+                    serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}})
+                } else {
+                    serde_json::json!({"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]})
+                }
+                .to_string();
+                if layout & 8 != 0 {
+                    wire.push_str(&format!("event: {name}{nl}"));
+                }
+                if layout & 16 != 0 {
+                    wire.push_str(&format!(": keep-alive{nl}"));
+                }
+                let sep = if layout & 32 != 0 { "data:" } else { "data: " };
+                if layout & 64 != 0 && payload.len() > 10 {
+                    // The data over two lines (joined by LF, it is the same JSON).
+                    // (Keys are sorted: the last `,"` starts the last key, outside strings.)
+                    let (a, b) = payload.split_at(payload.rfind(",\"").unwrap_or(1) + 1);
+                    wire.push_str(&format!("{sep}{a}{nl}{sep}{b}{nl}"));
+                } else {
+                    wire.push_str(&format!("{sep}{payload}{nl}"));
+                }
+                if layout & 128 != 0 {
+                    wire.push_str(&format!("id: {i}{nl}"));
+                }
+                wire.push_str(nl);
+            }
+            wire.push_str("data: [DONE]\n\n");
+            let wire = wire.as_bytes();
+            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(wire.len() + 1)).collect();
+            points.sort_unstable();
+            let at = Instant::now();
+            let run = |fast: bool| {
+                let mut tap = Tap::new(path, Some(b"text/event-stream"));
+                tap.reader.fast = fast;
+                let mut last = 0;
+                for &p in &points {
+                    tap.observe(&wire[last..p], at);
+                    last = p;
+                }
+                tap.observe(&wire[last..], at);
+                tap.end();
+                tap.summary()
+            };
+            let (fast, complete) = (run(true), run(false));
+            proptest::prop_assert_eq!(&fast.text, &texts.concat());
+            proptest::prop_assert_eq!(fast, complete);
+        }
     }
 }
