@@ -31,6 +31,7 @@ use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::codec::sse::parse_event;
 use crate::stream::json::{once, Bail, Cursor, Raw, Slot, Template, Walk};
 
 /// An LLM API whose answers chunkgate reads.
@@ -789,6 +790,53 @@ fn ollama_fast<'a>(c: &mut Cursor<'a>, rec: &mut Record, at: Instant) -> Walk<Fa
             && !done_reason.is_some_and(|r| r.starts_with('"')),
         text: raw_text,
     })
+}
+
+/// One whole server-sent event (its bytes up to its blank line) is an OpenAI chat or
+/// completions "usage-only" chunk: its data is a JSON object whose `choices` is an empty
+/// array and whose `usage` is an object. That is the last chunk an upstream sends when the
+/// request set `stream_options.include_usage`, which a client that did not ask for it may not
+/// expect. Anything else (another chunk, `[DONE]`, invalid JSON, a key given twice) is `false`.
+///
+/// ```
+/// use chunkgate::stream::dialect::is_usage_only_event;
+///
+/// assert!(is_usage_only_event(
+///     b"data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":3}}\n\n"
+/// ));
+/// assert!(!is_usage_only_event(b"data: {\"choices\":[{\"index\":0}],\"usage\":null}\n\n"));
+/// ```
+pub fn is_usage_only_event(event: &[u8]) -> bool {
+    let mut scratch = Vec::new();
+    let Some(data) = parse_event(event, &mut scratch).data else {
+        return false;
+    };
+    let mut c = Cursor::new(data);
+    let (mut seen, mut empty_choices, mut usage) = (0, false, false);
+    let walked = c.members(|c, key| {
+        match key {
+            b"choices" => {
+                once(&mut seen, 1)?;
+                let mut any = false;
+                if c.peek()? != b'[' {
+                    return c.skip();
+                }
+                c.elements(|c| {
+                    any = true;
+                    c.skip()
+                })?;
+                empty_choices = !any;
+            }
+            b"usage" => {
+                once(&mut seen, 2)?;
+                usage = c.peek()? == b'{';
+                c.skip()?;
+            }
+            _ => c.skip()?,
+        }
+        Ok(())
+    });
+    walked.and_then(|()| c.finish()).is_ok() && empty_choices && usage
 }
 
 /// Read a whole unstreamed answer of `dialect` (or an error body).
@@ -1879,6 +1927,32 @@ mod tests {
         ] {
             assert!(template.matches(None, other, true).is_none(), "{}", String::from_utf8_lossy(other));
             assert!(template.matches(Some(b"other"), events[3], true).is_none());
+        }
+    }
+
+    #[test]
+    fn usage_only_event_table() {
+        for (event, want) in [
+            (&b"data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":9,\"total_tokens\":12}}\n\n"[..], true),
+            (b"data: {\"usage\":{\"total_tokens\":1},\"choices\":[]}\r\n\r\n", true),
+            (b"data:{ \"choices\" : [ ] , \"usage\" : { } }\n\n", true),
+            (b"event: chunk\nid: 4\ndata: {\"choices\":[],\ndata: \"usage\":{\"x\":1}}\n\n", true),
+            (b"data: {\"choices\":[],\"usage\":{}}", true),
+            (b"data: {\"choices\":[{\"index\":0,\"delta\":{}}],\"usage\":{\"total_tokens\":1}}\n\n", false),
+            (b"data: {\"choices\":[],\"usage\":null}\n\n", false),
+            (b"data: {\"choices\":[]}\n\n", false),
+            (b"data: {\"usage\":{}}\n\n", false),
+            (b"data: {\"choices\":null,\"usage\":{}}\n\n", false),
+            (b"data: {\"choices\":{},\"usage\":{}}\n\n", false),
+            (b"data: {\"choices\":[],\"usage\":{},\"usage\":{}}\n\n", false),
+            (b"data: {\"choices\":[],\"usage\":{}\n\n", false),
+            (b"data: {\"choices\":[],\"usage\":{}} x\n\n", false),
+            (b"data: [DONE]\n\n", false),
+            (b": comment\n\n", false),
+            (b"", false),
+            (b"{\"choices\":[],\"usage\":{}}", false),
+        ] {
+            assert_eq!(is_usage_only_event(event), want, "{}", String::from_utf8_lossy(event));
         }
     }
 }

@@ -79,6 +79,8 @@ pub(crate) struct Cursor<'a> {
     spans: [(u32, u32); MAX_SPANS],
     spans_len: usize,
     spans_over: bool,
+    /// Keys may be any string (escapes kept as on the wire), not only plain ASCII.
+    any_keys: bool,
 }
 
 const ONES: u64 = u64::MAX / 255;
@@ -96,7 +98,22 @@ impl<'a> Cursor<'a> {
             spans: [(0, 0); MAX_SPANS],
             spans_len: 0,
             spans_over: false,
+            any_keys: false,
         }
+    }
+
+    /// A cursor at the start of `bytes` that takes any key: keys with escapes are handed out
+    /// as on the wire, between their quotes.
+    pub(crate) fn any_keys(bytes: &'a [u8]) -> Self {
+        Cursor {
+            any_keys: true,
+            ..Cursor::new(bytes)
+        }
+    }
+
+    /// Where the cursor stands: a byte offset into the text.
+    pub(crate) fn offset(&self) -> usize {
+        self.at
     }
 
     /// A cursor at the start of `bytes`, which gives up at a CR or LF outside strings.
@@ -259,6 +276,12 @@ impl<'a> Cursor<'a> {
     /// it too.
     fn key(&mut self) -> Walk<&'a [u8]> {
         let start = self.at + 1;
+        if self.any_keys {
+            let end = scan_string(self.bytes, self.at)?.end;
+            self.at = end;
+            self.expect(b':')?;
+            return Ok(&self.bytes[start..end - 1]);
+        }
         let (stop, ascii) = string_stop(self.bytes, start);
         if !ascii || self.bytes.get(stop) != Some(&b'"') {
             return Err(Bail);

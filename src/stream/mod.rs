@@ -14,6 +14,7 @@
 pub mod align;
 pub mod dialect;
 pub(crate) mod json;
+pub mod request;
 pub mod tap;
 
 use bytes::Bytes;
