@@ -17,10 +17,21 @@
 //! text (Anthropic `thinking_delta`, Ollama `thinking`, Responses reasoning summaries) and tool
 //! calls are not part of the answer text.
 //!
-//! Payloads are parsed with serde into small structs that borrow from the payload: strings are
-//! taken as raw JSON ([`RawValue`]) and unescaped straight into the text kept, so reading an
-//! event allocates nothing beyond what the record keeps. A payload that is not JSON, or not of
-//! the expected shape, is counted and otherwise ignored: reading never fails and never panics.
+//! Two readings of a streamed payload, which record the same (proptests hold them equal):
+//!
+//! - **Fast** (every token event): the payload is compared with the last token event (a
+//!   template: token events repeat each other but for their text, and maybe a sequence number
+//!   or timestamp), and when it matches only its text is appended; otherwise it is walked once
+//!   over its raw bytes by a validating cursor that picks out the few fields read. Nothing is
+//!   deserialized and nothing allocated.
+//! - **Complete**: serde into small structs that borrow from the payload (strings taken as raw
+//!   JSON, [`RawValue`], and unescaped straight into the text kept). It reads what the fast
+//!   reading leaves: the rare events that carry usage or the end of the answer, unstreamed
+//!   answers, and anything the walk does not handle plainly (invalid JSON, escaped keys,
+//!   unexpected types).
+//!
+//! A payload that is not JSON, or not of the expected shape, is counted and otherwise ignored:
+//! reading never fails and never panics.
 
 use std::fmt;
 use std::marker::PhantomData;

@@ -26,8 +26,12 @@
 //! - **Never breaks.** Invalid JSON, unknown event types, payloads of unexpected shape,
 //!   usage-only chunks and missing usage are counted or ignored: the tap records less, it never
 //!   fails or panics.
-//! - **Cheap.** Buffers are reused, so reading an event allocates nothing beyond the text it
-//!   keeps, once the buffers have grown to the stream's event size.
+//! - **Cheap.** A token event is read without deserializing it (see
+//!   [`dialect`](crate::stream::dialect)): an event of one `data` line (after at most an
+//!   `event` line) is taken in place, and one that repeats the last token event but for its
+//!   text costs a byte comparison and the text it appends. Buffers are reused, so reading an
+//!   event allocates nothing beyond the text it keeps, once the buffers (and the 4 KiB
+//!   template) have grown to the stream's event size.
 //!
 //! ```
 //! use std::time::Instant;
