@@ -13,6 +13,8 @@
 
 pub mod align;
 pub mod dialect;
+pub(crate) mod json;
+pub mod request;
 pub mod tap;
 
 use bytes::Bytes;

@@ -26,8 +26,12 @@
 //! - **Never breaks.** Invalid JSON, unknown event types, payloads of unexpected shape,
 //!   usage-only chunks and missing usage are counted or ignored: the tap records less, it never
 //!   fails or panics.
-//! - **Cheap.** Buffers are reused, so reading an event allocates nothing beyond the text it
-//!   keeps, once the buffers have grown to the stream's event size.
+//! - **Cheap.** A token event is read without deserializing it (see
+//!   [`dialect`](crate::stream::dialect)): an event of one `data` line (after at most an
+//!   `event` line) is taken in place, and one that repeats the last token event but for its
+//!   text costs a byte comparison and the text it appends. Buffers are reused, so reading an
+//!   event allocates nothing beyond the text it keeps, once the buffers (and the 4 KiB
+//!   template) have grown to the stream's event size.
 //!
 //! ```
 //! use std::time::Instant;
@@ -49,9 +53,13 @@
 use std::time::Instant;
 
 use crate::codec::sse::{media_type, parse_event, Framer, StreamFormat};
+use memchr::memchr2;
+
 use crate::stream::dialect::{
-    read_document, read_event, read_unknown, Dialect, Read, Record, StreamError, Usage,
+    read_document, read_event, read_event_fast, read_unknown, Dialect, Read, Record, StreamError,
+    Usage,
 };
+use crate::stream::json::Template;
 
 /// The most capacity the partial-event buffer keeps for reuse between events: 64 KiB.
 const KEEP_CAPACITY: usize = 64 << 10;
@@ -178,6 +186,10 @@ struct Reader {
     record: Record,
     /// Where several `data` lines of one event are joined.
     scratch: Vec<u8>,
+    /// The last token event, to read the next ones by comparison.
+    template: Template,
+    /// Read known dialects the fast way first (false only to test it against the other way).
+    fast: bool,
     events: u64,
     skipped: u64,
 }
@@ -192,8 +204,21 @@ impl Reader {
                     dialect,
                     record,
                     scratch,
+                    template,
+                    fast,
                     ..
                 } = self;
+                let simple = if *fast { one_data_line(unit) } else { None };
+                if let (Some(d), Some((event, data))) = (*dialect, simple) {
+                    if data == b"[DONE]" {
+                        record.complete = true;
+                        return;
+                    }
+                    let fast = read_event_fast(d, event, data, true, Some(template), record, at);
+                    if fast.is_ok() {
+                        return;
+                    }
+                }
                 let event = parse_event(unit, scratch);
                 let Some(data) = event.data else { return };
                 if data == b"[DONE]" {
@@ -204,11 +229,55 @@ impl Reader {
             }
             StreamFormat::JsonLines => {
                 let line = unit.trim_ascii();
+                if let Some(d) = self.dialect.filter(|_| self.fast && !line.is_empty()) {
+                    let (rec, template) = (&mut self.record, Some(&mut self.template));
+                    if read_event_fast(d, None, line, false, template, rec, at).is_ok() {
+                        return;
+                    }
+                }
                 if !line.is_empty() {
                     payload(&mut self.dialect, None, line, &mut self.record, at);
                 }
             }
         }
+    }
+}
+
+/// The event name and data of an event that is at most an `event` line and one `data` line,
+/// read without looking for line ends in the data (a JSON payload is walked anyway, and a
+/// one-line walk finds any line end in it): `unit` must start with `event:` or `data:`, and
+/// at most two line ends (the data line's and the blank line's) are taken off its end.
+///
+/// When the data returned holds no CR or LF, it is exactly what [`parse_event`] reads from
+/// `unit`; when it holds one, the event has more lines and the caller must read it with
+/// [`parse_event`].
+fn one_data_line(unit: &[u8]) -> Option<(Option<&[u8]>, &[u8])> {
+    let mut rest = unit;
+    let mut event = None;
+    if let Some(after) = rest.strip_prefix(b"event:") {
+        let end = memchr2(b'\n', b'\r', after)?;
+        let name = &after[..end];
+        event = Some(name.strip_prefix(b" ").unwrap_or(name));
+        rest = strip_line_end_front(&after[end..]);
+    }
+    let data = rest.strip_prefix(b"data:")?;
+    let data = data.strip_prefix(b" ").unwrap_or(data);
+    Some((event, strip_line_end(strip_line_end(data))))
+}
+
+/// `bytes` without the line end (CRLF, LF or CR) it ends with, if any.
+fn strip_line_end(bytes: &[u8]) -> &[u8] {
+    match bytes {
+        [rest @ .., b'\r', b'\n'] | [rest @ .., b'\n' | b'\r'] => rest,
+        _ => bytes,
+    }
+}
+
+/// `bytes` without the line end (CRLF, LF or CR) it starts with, if any.
+fn strip_line_end_front(bytes: &[u8]) -> &[u8] {
+    match bytes {
+        [b'\r', b'\n', rest @ ..] | [b'\n' | b'\r', rest @ ..] => rest,
+        _ => bytes,
     }
 }
 
@@ -270,6 +339,8 @@ impl Tap {
                 dialect: Dialect::from_path(path),
                 record: Record::new(limits.max_text),
                 scratch: Vec::new(),
+                template: Template::default(),
+                fast: true,
                 events: 0,
                 skipped: 0,
             },
@@ -755,5 +826,74 @@ mod tests {
         );
         assert_eq!(tap.summary().events, 0);
         assert_eq!(tap.summary().model, None);
+    }
+
+    proptest::proptest! {
+        /// However events are laid out (an `event` line or not, `data:` with or without its
+        /// space, LF, CRLF or CR, data over several lines, comments, ids) and split into
+        /// writes, the fast reading gives the summary the complete one gives.
+        #[test]
+        fn tap_fast_equals_complete_for_any_layout(
+            layouts in proptest::collection::vec(0u8..=255, 1..30),
+            texts in proptest::collection::vec("(?s).{0,6}", 1..30),
+            cuts in proptest::collection::vec(proptest::prelude::any::<proptest::sample::Index>(), 0..8),
+            anthropic in proptest::prelude::any::<bool>(),
+        ) {
+            let (path, name) = if anthropic {
+                (&b"/v1/messages"[..], "content_block_delta")
+            } else {
+                (&b"/v1/chat/completions"[..], "x")
+            };
+            let mut wire = String::new();
+            for (i, text) in texts.iter().enumerate() {
+                let layout = layouts[i % layouts.len()];
+                let nl = ["\n", "\r\n", "\r"][usize::from(layout % 3)];
+                let payload = if anthropic {
+                    serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}})
+                } else {
+                    serde_json::json!({"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]})
+                }
+                .to_string();
+                if layout & 8 != 0 {
+                    wire.push_str(&format!("event: {name}{nl}"));
+                }
+                if layout & 16 != 0 {
+                    wire.push_str(&format!(": keep-alive{nl}"));
+                }
+                let sep = if layout & 32 != 0 { "data:" } else { "data: " };
+                if layout & 64 != 0 && payload.len() > 10 {
+                    // The data over two lines (joined by LF, it is the same JSON).
+                    // (Keys are sorted: the last `,"` starts the last key, outside strings.)
+                    let (a, b) = payload.split_at(payload.rfind(",\"").unwrap_or(1) + 1);
+                    wire.push_str(&format!("{sep}{a}{nl}{sep}{b}{nl}"));
+                } else {
+                    wire.push_str(&format!("{sep}{payload}{nl}"));
+                }
+                if layout & 128 != 0 {
+                    wire.push_str(&format!("id: {i}{nl}"));
+                }
+                wire.push_str(nl);
+            }
+            wire.push_str("data: [DONE]\n\n");
+            let wire = wire.as_bytes();
+            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(wire.len() + 1)).collect();
+            points.sort_unstable();
+            let at = Instant::now();
+            let run = |fast: bool| {
+                let mut tap = Tap::new(path, Some(b"text/event-stream"));
+                tap.reader.fast = fast;
+                let mut last = 0;
+                for &p in &points {
+                    tap.observe(&wire[last..p], at);
+                    last = p;
+                }
+                tap.observe(&wire[last..], at);
+                tap.end();
+                tap.summary()
+            };
+            let (fast, complete) = (run(true), run(false));
+            proptest::prop_assert_eq!(&fast.text, &texts.concat());
+            proptest::prop_assert_eq!(fast, complete);
+        }
     }
 }
