@@ -40,10 +40,11 @@ use crate::proxy::io::{MinRate, ReadIdle, ReadSize};
 use crate::proxy::keepalive::KeepAlive;
 use crate::proxy::pump::{Pump, PumpError};
 use crate::proxy::replay::Replay;
-use crate::proxy::response::{with_include_usage, ResponseFlow, ResponsePlan};
+use crate::proxy::response::{ResponseFlow, ResponsePlan};
 use crate::proxy::route::{self, Route};
 use crate::proxy::Shared;
 use crate::stream::dialect::Dialect;
+use crate::stream::request::inject_include_usage;
 use crate::upstream::balance::{Group, Upstream};
 use crate::upstream::pool::PooledConn;
 use crate::upstream::retry::{Failure, FailureKind};
@@ -732,7 +733,7 @@ fn ask_for_usage<S>(u: &mut Upload<S>, admitted: &mut Admitted<'_>, n: u64) -> b
     if !openai || u.client.buf.len() < n {
         return false;
     }
-    let Some(body) = with_include_usage(&u.client.buf[..n]) else {
+    let Some(body) = inject_include_usage(&u.client.buf[..n]) else {
         return false;
     };
     let rest = u.client.buf.split_off(n);

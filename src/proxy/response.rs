@@ -19,13 +19,13 @@ use bytes::Bytes;
 use crate::codec::chunked::Field;
 use crate::codec::framing::BodyFraming;
 use crate::codec::head::ResponseHead;
-use crate::codec::sse::{parse_event, StreamFormat};
+use crate::codec::sse::StreamFormat;
 use crate::config::Align;
 use crate::metrics::{Metrics, RouteLlmMetrics};
 use crate::proxy::pump::Flow;
 use crate::proxy::route::Route;
 use crate::stream::align::Aligner;
-use crate::stream::dialect::Dialect;
+use crate::stream::dialect::{self, Dialect};
 use crate::stream::tap::{Tap, TapLimits};
 use crate::stream::Stage;
 
@@ -165,102 +165,8 @@ impl Flow for ResponseFlow<'_> {
     }
 }
 
-/// The request body `body` with `"stream_options":{"include_usage":true}` added, when it is a
-/// JSON object asking for a stream (`"stream": true`) without `stream_options`. Every other
-/// byte stays as the client wrote it: the member goes in before the closing brace. `None`
-/// when the body is anything else, or already has `stream_options` (the client chose).
-pub(crate) fn with_include_usage(body: &[u8]) -> Option<Vec<u8>> {
-    #[derive(serde::Deserialize)]
-    struct Request {
-        stream: Option<bool>,
-        stream_options: Option<serde::de::IgnoredAny>,
-    }
-    let req: Request = serde_json::from_slice(body).ok()?;
-    if req.stream != Some(true) || req.stream_options.is_some() {
-        return None;
-    }
-    let close = body.iter().rposition(|&b| b == b'}')?;
-    let mut out = Vec::with_capacity(body.len() + 40);
-    out.extend_from_slice(&body[..close]);
-    if out.trim_ascii_end().last() != Some(&b'{') {
-        out.push(b',');
-    }
-    out.extend_from_slice(br#""stream_options":{"include_usage":true}"#);
-    out.extend_from_slice(&body[close..]);
-    Some(out)
-}
-
-/// Whether one whole SSE event is an OpenAI usage-only chunk: `choices` empty and `usage`
-/// present. Cheap for every other event: only events that hold `"usage"` are parsed.
+/// Whether one whole SSE event is an OpenAI usage-only chunk. Only events that hold `"usage"`
+/// are read.
 fn is_usage_only_event(event: &[u8]) -> bool {
-    if memchr::memmem::find(event, b"\"usage\"").is_none() {
-        return false;
-    }
-    #[derive(serde::Deserialize)]
-    struct Chunk {
-        choices: Option<Vec<serde::de::IgnoredAny>>,
-        usage: Option<serde::de::IgnoredAny>,
-    }
-    let mut scratch = Vec::new();
-    let Some(data) = parse_event(event, &mut scratch).data else {
-        return false;
-    };
-    match serde_json::from_slice::<Chunk>(data) {
-        Ok(c) => c.usage.is_some() && c.choices.is_some_and(|c| c.is_empty()),
-        Err(_) => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn include_usage_is_added_only_where_it_is_missing() {
-        let add = |b: &str| with_include_usage(b.as_bytes()).map(|v| String::from_utf8(v).unwrap());
-        assert_eq!(
-            add(r#"{"model":"m","stream":true}"#).as_deref(),
-            Some(r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#)
-        );
-        assert_eq!(
-            add("{\"stream\" : true ,\n \"messages\":[{\"content\":\"}\"}]\n}\n").as_deref(),
-            Some("{\"stream\" : true ,\n \"messages\":[{\"content\":\"}\"}]\n,\"stream_options\":{\"include_usage\":true}}\n")
-        );
-        let added = add(r#"{"stream":true,"messages":[]}"#).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&added).unwrap();
-        assert_eq!(v["stream_options"]["include_usage"], true);
-        for unchanged in [
-            r#"{"stream":false}"#,
-            r#"{"model":"m"}"#,
-            r#"{"stream":true,"stream_options":{"include_usage":false}}"#,
-            r#"{"stream":true,"stream_options":{}}"#,
-            r#"[{"stream":true}]"#,
-            r#"{"stream":true"#,
-            "not json",
-        ] {
-            assert_eq!(add(unchanged), None, "{unchanged}");
-        }
-    }
-
-    #[test]
-    fn usage_only_events_are_told_apart() {
-        let usage = b"data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":3}}\n\n";
-        assert!(is_usage_only_event(usage));
-        assert!(is_usage_only_event(
-            b"data: {\"usage\":{},\r\ndata: \"choices\":[]}\r\n\r\n"
-        ));
-        for other in [
-            &b"data: {\"choices\":[{\"delta\":{\"content\":\"usage\"}}],\"usage\":null}\n\n"[..],
-            b"data: {\"choices\":[{\"delta\":{}}],\"usage\":{\"prompt_tokens\":3}}\n\n",
-            b"data: [DONE]\n\n",
-            b": \"usage\"\n\n",
-            b"data: {\"choices\":[]}\n\n",
-        ] {
-            assert!(
-                !is_usage_only_event(other),
-                "{:?}",
-                String::from_utf8_lossy(other)
-            );
-        }
-    }
+    memchr::memmem::find(event, b"\"usage\"").is_some() && dialect::is_usage_only_event(event)
 }
