@@ -143,6 +143,9 @@ impl<R: BodySource, W: AsyncWrite + Unpin, F: Flow> Pump<'_, R, W, F> {
                             .map_err(PumpError::Write)?;
                         flow.written(group);
                     }
+                    // Written: let go of the units now, so the read buffer they share is the
+                    // reader's alone again and the next read reuses it instead of allocating.
+                    staged.clear();
                     for &size in &sizes[..n] {
                         metrics.chunk_forwarded(dir, size);
                     }
