@@ -69,7 +69,11 @@ impl ResponsePlan {
             None
         };
         let tap = if cfg.tap && readable(path, content_type) {
-            let limits = TapLimits::default().max_event(cfg.max_event);
+            let mut limits = TapLimits::default().max_event(cfg.max_event);
+            if !route.keeps_text {
+                // Nothing reads the text: a stream's memory does not grow with its answer.
+                limits = limits.max_text(0);
+            }
             Some(Box::new(Tap::with_limits(path, content_type, limits)))
         } else {
             None

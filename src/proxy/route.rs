@@ -25,6 +25,8 @@ pub struct Route {
     pub stream: StreamRouteConfig,
     /// The route's LLM-stream series (detached until the proxy registers them).
     pub llm: RouteLlmMetrics,
+    /// A capture sink wants the answer text: only then does the tap assemble it.
+    pub keeps_text: bool,
 }
 
 impl Route {
@@ -54,6 +56,7 @@ impl Route {
             require_bearer: cfg.require_bearer.clone(),
             stream: cfg.stream.clone(),
             llm: RouteLlmMetrics::default(),
+            keeps_text: !cfg.capture.sinks.is_empty(),
         })
     }
 
